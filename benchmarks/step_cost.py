@@ -1,0 +1,121 @@
+"""What a BILD step costs next to a plain step of the same backbone, batch and crop.
+
+Measures, after warm-up, the median wall time of a plain step and of a BILD step with
+each alignment estimator, interleaved round by round so that drift in machine load hits
+every variant alike, then the reward stage (alignment + eq. 6) at n = 4, 10 and 32.
+Prints ratios BILD/plain; ``--json`` prints a JSON list of rows.
+
+    python benchmarks/step_cost.py --backbone ffanet --preset small --crop 64 --n 10 --m 4
+    python benchmarks/step_cost.py --backbone msbdn --preset paper --crop 240 --device cuda --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from pipeline.backbones import create_backbone
+from pipeline.bild import BildConfig, BildNets, CropBatch, Reweighter, bild_step
+from pipeline.inference import resolve_device
+
+
+def _nets(backbone: str, preset: str, device: torch.device, reweight: bool) -> BildNets:
+    torch.manual_seed(0)
+    model = create_backbone(backbone, preset).to(device)
+    nets = BildNets(model, torch.optim.Adam(model.parameters(), 1e-4))
+    if reweight:
+        nets.reweighter = Reweighter().to(device)
+        nets.outer_opt = torch.optim.Adam(nets.reweighter.parameters(), 1e-1)
+    return nets
+
+
+def _batch(n: int, m: int, crop: int, device: torch.device) -> CropBatch:
+    g = torch.Generator().manual_seed(0)
+    rand = lambda k: torch.rand(k, 3, crop, crop, generator=g).to(device)  # noqa: E731
+    return CropBatch(rand(n), rand(n), rand(m), rand(m))
+
+
+def _timed(batch: CropBatch, nets: BildNets, cfg: BildConfig, device: torch.device) -> tuple[float, dict[str, float]]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    stats = bild_step(batch, nets, cfg)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start), stats.times
+
+
+def measure(
+    backbone: str, preset: str, crop: int, n: int, m: int, device: torch.device, estimators: list[str], repeats: int, warmup: int
+) -> list[dict]:
+    """Median ms of plain and of each BILD estimator, interleaved; one row per estimator."""
+    batch = _batch(n, m, crop, device)
+    sync = device.type == "cuda"
+    variants = {"plain": (_nets(backbone, preset, device, False), BildConfig(mode="plain", sync_timing=sync))}
+    for est in estimators:
+        variants[est] = (_nets(backbone, preset, device, True), BildConfig(estimator=est, sync_timing=sync))
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    reward_ms: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(warmup + repeats):
+        for key, (nets, cfg) in variants.items():
+            total, stages = _timed(batch, nets, cfg, device)
+            if r >= warmup:
+                times[key].append(total)
+                reward_ms[key].append(1000 * stages.get("reward", 0.0))
+    plain = statistics.median(times["plain"])
+    return [
+        {
+            "backbone": backbone,
+            "preset": preset,
+            "crop": crop,
+            "device": str(device),
+            "estimator": est,
+            "n": n,
+            "m": m,
+            "plain_ms": round(plain, 2),
+            "bild_ms": round(statistics.median(times[est]), 2),
+            "ratio": round(statistics.median(times[est]) / plain, 3),
+            "reward_ms": round(statistics.median(reward_ms[est]), 2),
+            "reward_ratio": round(statistics.median(reward_ms[est]) / plain, 3),
+        }
+        for est in estimators
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="ffanet")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--n", type=int, default=10, help="training crops per step")
+    p.add_argument("--m", type=int, default=4, help="validation crops per step")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--estimators", default="fd,jvp", help="comma-separated: fd,jvp,loop")
+    p.add_argument("--scaling-ns", default="4,10,32", help="n values for the reward-cost scaling rows ('' to skip)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    device = resolve_device(a.device)
+    estimators = a.estimators.split(",")
+    rows = measure(a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup)
+    for n in [int(x) for x in a.scaling_ns.split(",") if x] if a.scaling_ns else []:
+        if n != a.n:
+            rows += measure(a.backbone, a.preset, a.crop, n, a.m, device, estimators, max(3, a.repeats // 2), 2)
+    if a.json:
+        print(json.dumps(rows))
+        return
+    print(f"{'backbone':<14}{'preset':<8}{'crop':>5}{'est':>6}{'n':>4}{'m':>3}{'plain ms':>10}{'bild ms':>10}{'ratio':>7}{'reward/plain':>14}")
+    for r in rows:
+        print(
+            f"{r['backbone']:<14}{r['preset']:<8}{r['crop']:>5}{r['estimator']:>6}{r['n']:>4}{r['m']:>3}"
+            f"{r['plain_ms']:>10.1f}{r['bild_ms']:>10.1f}{r['ratio']:>7.2f}{r['reward_ratio']:>14.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

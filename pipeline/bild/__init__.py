@@ -1,0 +1,43 @@
+"""BILD: bi-level patch reweighting for supervised dehazing (plain PyTorch, no Ray).
+
+``step.py`` is the update, stage by stage beside the paper's eq. 5-7; ``alignment.py``
+estimates the per-crop alignment d_i; ``reweighter.py`` is the policy f_phi.
+"""
+
+from .alignment import ESTIMATORS, alignment_fd, alignment_jvp, alignment_loop, per_crop_l1
+from .reweighter import WEIGHTINGS, Reweighter, crop_log_weights
+from .step import (
+    MODES,
+    REWARD_NORMS,
+    BildConfig,
+    BildNets,
+    CropBatch,
+    NonFiniteLossError,
+    StepStats,
+    bild_step,
+    crop_rewards,
+    entropy_grad,
+    policy_loss,
+)
+
+__all__ = [
+    "ESTIMATORS",
+    "MODES",
+    "REWARD_NORMS",
+    "WEIGHTINGS",
+    "BildConfig",
+    "BildNets",
+    "CropBatch",
+    "NonFiniteLossError",
+    "Reweighter",
+    "StepStats",
+    "alignment_fd",
+    "alignment_jvp",
+    "alignment_loop",
+    "bild_step",
+    "crop_log_weights",
+    "crop_rewards",
+    "entropy_grad",
+    "per_crop_l1",
+    "policy_loss",
+]

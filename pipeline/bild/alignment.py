@@ -1,0 +1,104 @@
+"""Per-crop alignment d_i = < g_v , grad_theta l_i(theta_{t-1}) > without per-sample gradients.
+
+g_v is the gradient of the validation loss at the NEW parameters theta_t; l_i is crop
+i's loss at the OLD parameters theta_{t-1}. A positive d_i means a step along crop i's
+gradient would also have lowered the validation loss. Three estimators:
+
+- ``fd`` (default): finite difference along g_v,
+  d_i ~ [l_i(theta_{t-1} + h g_v) - l_i(theta_{t-1})] / h. It reuses the per-crop losses
+  of the inner forward, so it costs one extra no-grad forward of the n crops, whatever n.
+- ``jvp``: one forward-mode pass, ``torch.func.jvp`` of (l_1..l_n)(theta) along g_v at
+  theta_{t-1}: exact, all d_i at once, about the cost of a forward plus a backward.
+- ``loop``: n backward passes, one per crop. The exact reference, for tests only.
+
+benchmarks/step_cost.py measured ``fd`` as the cheapest (see README), hence the default.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+__all__ = ["ESTIMATORS", "Params", "per_crop_l1", "alignment_fd", "alignment_jvp", "alignment_loop"]
+
+ESTIMATORS = ("fd", "jvp", "loop")
+
+Params = dict[str, torch.Tensor]
+
+
+def per_crop_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """l_i = mean |f(x_i) - y_i| over one crop's pixels: (n,3,H,W) x2 -> (n,)."""
+    return (pred - target).abs().flatten(1).mean(1)
+
+
+def _crop_losses(model: nn.Module, params: Params, hazy: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:
+    return per_crop_l1(functional_call(model, params, (hazy,)), clear)
+
+
+def _norm(tensors: Params) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
+
+
+def alignment_fd(
+    model: nn.Module,
+    old_params: Params,
+    grad_val: Params,
+    hazy: torch.Tensor,
+    clear: torch.Tensor,
+    old_losses: torch.Tensor | None = None,
+    *,
+    central: bool = False,
+    rel_step: float | None = None,
+) -> torch.Tensor:
+    """Finite difference of the n crop losses along g_v: one extra forward (two if central).
+
+    The step h makes the perturbation h*|g_v| a fixed fraction ``rel_step`` of (1 + |theta|),
+    sqrt(eps) for one-sided and cbrt(eps) for central differences, the textbook balance of
+    truncation against rounding error in the parameters' dtype.
+    """
+    dtype = next(iter(old_params.values())).dtype
+    eps = torch.finfo(dtype).eps
+    if rel_step is None:
+        rel_step = eps ** (1 / 3) if central else math.sqrt(eps)
+    g_norm = _norm(grad_val)
+    if g_norm == 0.0:
+        return torch.zeros(hazy.shape[0], device=hazy.device, dtype=dtype)
+    h = rel_step * (1.0 + _norm(old_params)) / g_norm
+
+    def shifted(sign: float) -> Params:
+        return {k: p + sign * h * grad_val[k] for k, p in old_params.items()}
+
+    with torch.no_grad():
+        plus = _crop_losses(model, shifted(1.0), hazy, clear)
+        if central:
+            minus = _crop_losses(model, shifted(-1.0), hazy, clear)
+            return (plus - minus) / (2 * h)
+        if old_losses is None:
+            old_losses = _crop_losses(model, old_params, hazy, clear)
+        return (plus - old_losses.detach()) / h
+
+
+def alignment_jvp(
+    model: nn.Module, old_params: Params, grad_val: Params, hazy: torch.Tensor, clear: torch.Tensor
+) -> torch.Tensor:
+    """Exact d (n,) in one forward-mode pass: the directional derivative of (l_1..l_n) along g_v."""
+    tangents = {k: grad_val[k] for k in old_params}
+    _, d = jvp(lambda p: _crop_losses(model, p, hazy, clear), (old_params,), (tangents,))
+    return d.detach()
+
+
+def alignment_loop(
+    model: nn.Module, old_params: Params, grad_val: Params, hazy: torch.Tensor, clear: torch.Tensor
+) -> torch.Tensor:
+    """Reference: one backward per crop, then a dot product with g_v. O(n) backwards; tests only."""
+    params = {k: p.detach().requires_grad_(True) for k, p in old_params.items()}
+    rows = []
+    for i in range(hazy.shape[0]):
+        loss = _crop_losses(model, params, hazy[i : i + 1], clear[i : i + 1]).sum()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        dot = sum((g * grad_val[k]).sum() for k, g in zip(params, grads) if g is not None)
+        rows.append(torch.as_tensor(dot, dtype=hazy.dtype, device=hazy.device))
+    return torch.stack(rows).detach()
+

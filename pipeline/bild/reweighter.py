@@ -1,0 +1,62 @@
+"""The reweighting policy f_phi: one score per (hazy, clear) training crop.
+
+BILD sees the reweighter as a stochastic policy whose action is a crop's weight.
+It only ever exists during training; a promoted model is the backbone alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["Reweighter", "crop_log_weights", "WEIGHTINGS"]
+
+WEIGHTINGS = ("softmax", "sigmoid")
+
+
+class Reweighter(nn.Module):
+    """A small strided CNN over the hazy and clear crops stacked (6 channels) -> one score.
+
+    Kept deliberately cheap: it runs on every training crop of every BILD step, so its
+    cost is part of the step-cost budget (DESIGN.md section 5).
+    """
+
+    def __init__(self, width: int = 16, depth: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 6
+        for level in range(depth):
+            out = width * (2 ** min(level, 2))
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.LeakyReLU(0.1)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, 1)
+        # Start from uniform weights: every crop scores 0 until the rewards say otherwise.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, hazy: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:
+        """(n,3,H,W) x2 -> scores (n,)."""
+        stacked = torch.cat([hazy, clear], dim=1)  # (n,6,H,W)
+        pooled = F.adaptive_avg_pool2d(self.features(stacked), 1).flatten(1)  # (n,C)
+        return self.head(pooled).squeeze(1)  # (n,)
+
+
+def crop_log_weights(scores: torch.Tensor, *, temperature: float = 1.0, kind: str = "softmax") -> torch.Tensor:
+    """Normalise scores s (n,) into log crop weights log w (n,), with sum(w) = n (mean weight 1).
+
+    softmax: w = n * softmax(s / tau). sigmoid: w = n * sigma(s / tau) / sum sigma(s / tau).
+    Keeping sum(w) = n holds the weighted loss on the scale of the plain loss. Working in
+    log space keeps log w finite for the policy gradient even when a weight underflows.
+    """
+    n = scores.shape[0]
+    log_n = math.log(n)
+    if kind == "softmax":
+        return log_n + torch.log_softmax(scores / temperature, dim=0)
+    if kind == "sigmoid":
+        log_gates = F.logsigmoid(scores / temperature)
+        return log_n + log_gates - torch.logsumexp(log_gates, dim=0)
+    raise ValueError(f"unknown weighting {kind!r}; expected one of {', '.join(WEIGHTINGS)}")

@@ -1,0 +1,266 @@
+"""One BILD training step: bi-level patch reweighting, read beside the paper's eq. 5-7.
+
+Symbols -> names:
+  f_theta          ``nets.backbone``           the dehazer; theta_t its parameters after step t
+  f_phi            ``nets.reweighter``         the reweighting policy
+  s_i, w_i         ``scores``, ``crop_weights`` w = n * softmax(s / tau), mean weight 1
+  l_i(theta)       ``crop_losses``             mean |f_theta(x_i) - y_i| of training crop i
+  g_v              ``grad_val``                grad_theta of the mean validation loss at theta_t
+  d_i              ``alignment``               < g_v , grad_theta l_i(theta_{t-1}) >
+  Omega(w)         ``neg_entropy``             -H(w / sum w): minimising it spreads the weights
+  alpha            ``cfg.entropy_coef``
+  R_i              ``rewards``                 w_i * (d_i - alpha * dOmega/dw_i)      (eq. 6)
+  eta_1, eta_2     inner / outer learning rates (live in the two optimisers)
+
+Why the rewards are per crop: with softmax weights sum_i grad_phi w_i = 0, so a single
+batch-wide reward (as in the public reference code) gives a policy gradient of exactly
+zero. Here -(1/n) sum_i R_i grad log w_i = -(1/n) sum_i (d_i - alpha Omega'_i) grad w_i,
+the gradient of the first-order change in validation loss plus the entropy bonus.
+
+Modes: ``plain`` trains the backbone with w = 1 (the baseline); ``bild`` and
+``bild-train`` run all six stages and differ only in where the caller draws the
+"validation" crops from (the held-out split, or the training split: the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .alignment import ESTIMATORS, Params, alignment_fd, alignment_jvp, alignment_loop, per_crop_l1
+from .reweighter import crop_log_weights
+
+__all__ = [
+    "MODES",
+    "REWARD_NORMS",
+    "BildConfig",
+    "BildNets",
+    "CropBatch",
+    "NonFiniteLossError",
+    "StepStats",
+    "bild_step",
+    "entropy_grad",
+    "crop_rewards",
+    "policy_loss",
+]
+
+MODES = ("plain", "bild", "bild-train")
+REWARD_NORMS = ("none", "batch")
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; raised before any parameter is touched."""
+
+
+@dataclass
+class CropBatch:
+    """n training crops and, for the bild modes, m crops that drive the outer loop."""
+
+    hazy: torch.Tensor  # (n,3,S,S) in [0,1]
+    clear: torch.Tensor  # (n,3,S,S)
+    val_hazy: torch.Tensor | None = None  # (m,3,S,S)
+    val_clear: torch.Tensor | None = None  # (m,3,S,S)
+
+
+@dataclass
+class BildNets:
+    """The two networks and their optimisers (the outer pair is None in plain mode)."""
+
+    backbone: nn.Module
+    inner_opt: torch.optim.Optimizer
+    reweighter: nn.Module | None = None
+    outer_opt: torch.optim.Optimizer | None = None
+
+
+@dataclass
+class BildConfig:
+    mode: str = "bild"
+    entropy_coef: float = 0.1  # alpha
+    temperature: float = 1.0  # tau in the softmax
+    weighting: str = "softmax"  # or "sigmoid" (normalised)
+    estimator: str = "fd"  # "fd" | "jvp" | "loop"
+    reward_norm: str = "batch"  # standardise d within the batch before eq. 6
+    amp: bool = False  # bf16 autocast for the backbone's forward passes
+    sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
+
+    def __post_init__(self) -> None:
+        for name, value, valid in [
+            ("mode", self.mode, MODES),
+            ("estimator", self.estimator, ESTIMATORS),
+            ("reward_norm", self.reward_norm, REWARD_NORMS),
+            ("weighting", self.weighting, ("softmax", "sigmoid")),
+        ]:
+            if value not in valid:
+                raise ValueError(f"BILD {name}={value!r} is not valid; expected one of {', '.join(valid)}")
+        if self.entropy_coef < 0 or self.temperature <= 0:
+            raise ValueError(
+                f"BILD needs entropy_coef >= 0 and temperature > 0, got {self.entropy_coef}, {self.temperature}"
+            )
+
+
+@dataclass
+class StepStats:
+    """What one step reports for logging; the reward fields are NaN in plain mode."""
+
+    loss: float  # (1/n) sum w_i l_i, the loss the backbone stepped on
+    crop_loss: float  # (1/n) sum l_i, unweighted
+    val_loss: float = math.nan
+    reward_mean: float = math.nan
+    reward_std: float = math.nan
+    align_mean: float = math.nan  # mean d_i
+    weight_entropy: float = math.nan  # H(w / n) in nats; log n means uniform
+    ess: float = math.nan  # effective sample size (sum w)^2 / sum w^2, n means uniform
+    max_weight: float = math.nan
+    times: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    estimator: str = ""
+
+
+def entropy_grad(log_weights: torch.Tensor) -> torch.Tensor:
+    """dOmega/dw_i for Omega(w) = -H(w / S), S = sum w: (log p_i + H(p)) / S. (n,) -> (n,).
+
+    Takes log w so that a weight that underflowed to 0 still has a finite log p_i.
+    """
+    log_p = log_weights - torch.logsumexp(log_weights, dim=0)
+    entropy = -(log_p.exp() * log_p).sum()
+    return (log_p + entropy) / log_weights.exp().sum()
+
+
+def crop_rewards(log_weights: torch.Tensor, align: torch.Tensor, entropy_coef: float, reward_norm: str) -> torch.Tensor:
+    """Eq. 6, per crop: R_i = w_i * (d_i - alpha * dOmega/dw_i). Inputs detached, (n,) -> (n,)."""
+    if reward_norm == "batch" and align.numel() > 1:
+        # A per-batch baseline leaves the policy gradient unchanged (sum_i grad w_i = 0) but the
+        # rescale makes alpha comparable across backbones, steps and learning rates.
+        align = (align - align.mean()) / (align.std() + 1e-12)
+    return log_weights.exp() * (align - entropy_coef * entropy_grad(log_weights))
+
+
+def policy_loss(rewards: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 7, REINFORCE form: -(1/n) sum_i R_i.detach() * log w_i."""
+    return -(rewards.detach() * log_weights).mean()
+
+
+def _old_params(model: nn.Module) -> Params:
+    return {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+class _StageClock:
+    def __init__(self, device: torch.device, sync: bool) -> None:
+        self.sync = sync and device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.times[stage] = now - self._last
+        self._last = now
+
+
+def _autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _check_finite(loss: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"{what} is {loss.item()}: stopping before the optimiser step")
+
+
+def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig) -> StepStats:
+    """Run one step of stages 1-6 (DESIGN.md section 1) and return its statistics."""
+    backbone, device = nets.backbone, batch.hazy.device
+    clock = _StageClock(device, cfg.sync_timing)
+    reweight = cfg.mode != "plain"
+
+    # 1. Weights: w = n * softmax(s / tau) from the policy; w = 1 in plain mode.
+    if reweight:
+        scores = nets.reweighter(batch.hazy, batch.clear)  # (n,)
+        log_w = crop_log_weights(scores, temperature=cfg.temperature, kind=cfg.weighting)  # (n,)
+        weights = log_w.detach().exp()  # (n,)
+        old_params = _old_params(backbone)  # theta_{t-1}, needed by stage 4
+    else:
+        weights = torch.ones(batch.hazy.shape[0], device=device)
+
+    # 2. Inner step (eq. 5): theta_t = step on (1/n) sum_i w_i l_i(theta_{t-1}).
+    with _autocast(cfg.amp, device):
+        crop_losses = per_crop_l1(backbone(batch.hazy).float(), batch.clear)  # (n,)
+    inner_loss = (weights * crop_losses).mean()
+    _check_finite(inner_loss, "training loss")
+    nets.inner_opt.zero_grad(set_to_none=True)
+    inner_loss.backward()
+    nets.inner_opt.step()
+    clock.lap("inner")
+    stats = StepStats(loss=inner_loss.item(), crop_loss=crop_losses.mean().item(), estimator="none")
+    if not reweight:
+        stats.times = clock.times
+        return stats
+
+    # 3. Validation gradient g_v at the new parameters theta_t.
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    with _autocast(cfg.amp, device):
+        val_loss = per_crop_l1(backbone(batch.val_hazy).float(), batch.val_clear).mean()
+    _check_finite(val_loss, "validation loss")
+    grad_val = dict(zip(old_params, torch.autograd.grad(val_loss, params)))
+    clock.lap("val_grad")
+
+    # 4. Alignment d_i = < g_v , grad l_i(theta_{t-1}) >, one number per crop.
+    align, stats.estimator = _alignment_with_fallback(cfg, backbone, old_params, grad_val, batch, crop_losses)
+
+    # 5. Rewards (eq. 6).
+    rewards = crop_rewards(log_w.detach(), align, cfg.entropy_coef, cfg.reward_norm)  # (n,)
+    clock.lap("reward")
+
+    # 6. Outer step (eq. 7): phi_t = Adam step on -(1/n) sum_i R_i log w_i.
+    nets.outer_opt.zero_grad(set_to_none=True)
+    policy_loss(rewards, log_w).backward()
+    nets.outer_opt.step()
+    clock.lap("outer")
+
+    p = weights / weights.sum()
+    log_p = log_w.detach() - math.log(weights.shape[0])
+    stats.val_loss = val_loss.item()
+    stats.reward_mean, stats.reward_std = rewards.mean().item(), rewards.std().item()
+    stats.align_mean = align.mean().item()
+    stats.weight_entropy = -(p * log_p).sum().item()
+    stats.ess = (weights.sum() ** 2 / (weights**2).sum()).item()
+    stats.max_weight = weights.max().item()
+    stats.times = clock.times
+    return stats
+
+
+# Backbones whose forward has an op without forward-mode AD: class name -> reason.
+_JVP_UNSUPPORTED: dict[str, str] = {}
+
+
+def _alignment_with_fallback(
+    cfg: BildConfig,
+    backbone: nn.Module,
+    old_params: Params,
+    grad_val: Params,
+    batch: CropBatch,
+    crop_losses: torch.Tensor,
+) -> tuple[torch.Tensor, str]:
+    """Estimate d with cfg.estimator; fall back to finite differences (logged once) if jvp fails."""
+    hazy, clear = batch.hazy, batch.clear
+    # Under bf16 autocast the inner losses are too coarse to difference: fd re-evaluates in fp32.
+    old_losses = None if cfg.amp else crop_losses
+    name = type(backbone).__name__
+    if cfg.estimator == "jvp" and name not in _JVP_UNSUPPORTED:
+        try:
+            return alignment_jvp(backbone, old_params, grad_val, hazy, clear), "jvp"
+        except (RuntimeError, NotImplementedError) as err:
+            _JVP_UNSUPPORTED[name] = str(err).splitlines()[0]
+            log.warning("jvp alignment unsupported for %s (%s); using finite differences", name, err)
+    if cfg.estimator == "loop":
+        return alignment_loop(backbone, old_params, grad_val, hazy, clear), "loop"
+    return alignment_fd(backbone, old_params, grad_val, hazy, clear, old_losses), "fd"

@@ -1,0 +1,50 @@
+"""Decoding image files into uint8 HxWx3 RGB arrays, and shrinking them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import UnreadableImageError
+
+__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "decode_image", "fit_max_side"]
+
+# Compared lower-cased: benchmarks and phone photos ship ".JPG", ".Png" and the like.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible file with a PNG, JPEG or BMP extension (any case)."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """Decode `path` fully into uint8 HxWx3 RGB; grayscale, palette and RGBA become RGB (alpha dropped)."""
+    try:
+        with Image.open(path) as im:
+            # convert() forces a full decode, so a truncated file fails here, not later.
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImageError(
+            f"cannot decode {path}: {err}; expected a PNG, JPEG or BMP image"
+        ) from err
+
+
+def fit_max_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Shrink `img` so its longer side is at most `max_side` (area resampling); smaller images are returned as is.
+
+    The target size depends only on the input size, so a hazy image and its clear
+    image of the same size shrink to the same size.
+    """
+    if max_side is None:
+        return img
+    if max_side < 1:
+        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
+    h, w = img.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return img
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))

@@ -1,0 +1,117 @@
+"""Whole-image inference and scoring, shared by training, evaluation, promotion and dehaze.
+
+Images of any size go through a backbone either whole, in overlapping tiles (bounded
+memory for O-HAZE-sized photos) or downsampled-dehazed-upsampled. Conventions as in
+``pipeline.data``: uint8 HxWx3 RGB arrays outside, float32 NCHW in [0,1] inside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import PairStore, to_tensor, to_uint8
+from .metrics import psnr, ssim
+
+__all__ = ["STRATEGIES", "resolve_device", "dehaze_tensor", "dehaze_image", "centre_crop", "score_pairs"]
+
+STRATEGIES = ("whole", "tile", "resize")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; anything else is handed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for CUDA but torch.cuda.is_available() is False")
+    return device
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    count = math.ceil((length - tile) / stride) + 1
+    return sorted({min(i * stride, length - tile) for i in range(count)})
+
+
+def _tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """Run ``model`` over overlapping tiles and blend them with a tent window (no seams)."""
+    _, _, h, w = x.shape
+    out = torch.zeros_like(x)
+    norm = torch.zeros_like(x[:, :1])
+    th, tw = min(tile, h), min(tile, w)
+    ramp_h = torch.minimum(torch.arange(th) + 1, torch.arange(th).flip(0) + 1).clamp(max=overlap + 1)
+    ramp_w = torch.minimum(torch.arange(tw) + 1, torch.arange(tw).flip(0) + 1).clamp(max=overlap + 1)
+    window = (ramp_h[:, None] * ramp_w[None, :]).to(x)[None, None]
+    for top in _tile_starts(h, th, overlap):
+        for left in _tile_starts(w, tw, overlap):
+            patch = model(x[:, :, top : top + th, left : left + tw])
+            out[:, :, top : top + th, left : left + tw] += patch * window
+            norm[:, :, top : top + th, left : left + tw] += window
+    return out / norm
+
+
+@torch.no_grad()
+def dehaze_tensor(
+    model: nn.Module, x: torch.Tensor, *, strategy: str = "whole", tile: int = 512, overlap: int = 32
+) -> torch.Tensor:
+    """Dehaze (1,3,H,W) in [0,1] -> (1,3,H,W) in [0,1].
+
+    ``tile`` splits images larger than ``tile`` into overlapping tiles; ``resize`` shrinks
+    the long side to ``tile``, dehazes, and upsamples the result (cheaper, softer).
+    """
+    if strategy == "whole":
+        y = model(x)
+    elif strategy == "tile":
+        y = _tiled(model, x, tile, overlap)
+    elif strategy == "resize":
+        h, w = x.shape[-2:]
+        scale = min(1.0, tile / max(h, w))
+        small = F.interpolate(x, scale_factor=scale, mode="area") if scale < 1 else x
+        y = model(small)
+        if scale < 1:
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    else:
+        raise ValueError(f"unknown inference strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    return y.clamp(0, 1)
+
+
+def dehaze_image(model: nn.Module, image: np.ndarray, device: torch.device, **kwargs: object) -> np.ndarray:
+    """uint8 HxWx3 in, uint8 HxWx3 out, on ``device``; kwargs as for :func:`dehaze_tensor`."""
+    return to_uint8(dehaze_tensor(model, to_tensor(image).to(device), **kwargs))
+
+
+def centre_crop(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Centre crop HxW to at most ``max_side`` per side (None keeps the image whole)."""
+    if max_side is None:
+        return image
+    h, w = image.shape[:2]
+    top, left = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
+    return image[top : top + max_side, left : left + max_side]
+
+
+@torch.no_grad()
+def score_pairs(
+    model: nn.Module | None,
+    store: PairStore,
+    indices: list[int],
+    device: torch.device,
+    *,
+    max_side: int | None = None,
+    **kwargs: object,
+) -> dict[str, list[float]]:
+    """Per-image PSNR and SSIM of ``model``'s output (or of the hazy input when model is None)."""
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
+    for i in indices:
+        hazy, clear = (centre_crop(a, max_side) for a in store.pair(i))
+        x, y = to_tensor(hazy).to(device), to_tensor(clear).to(device)
+        out = x if model is None else dehaze_tensor(model, x, **kwargs)
+        scores["psnr"].append(float(psnr(out, y)[0]))
+        scores["ssim"].append(float(ssim(out, y)[0]))
+    return scores

@@ -1,0 +1,43 @@
+"""Shared fixtures: small image folders written on the fly, and the real benchmark images if present."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Real images live beside the repository (../shared/realdata); a fresh clone has none.
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+def write_image(path: Path, size: tuple[int, int] = (24, 20), mode: str = "RGB", seed: int = 0) -> Path:
+    """Write a random `size` (W, H) image in `mode`; PIL picks the format from the extension, any case."""
+    w, h = size
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 4), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGBA").convert(mode).save(path)
+    return path
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: `make_dataset(hazy_names, clear_names, hazy_dir="hazy", clear_dir="clear", name="ds")` -> root.
+
+    The first hazy image is grayscale and the first clear image RGBA when it is a PNG,
+    so every reader also exercises the conversion to RGB.
+    """
+
+    def make(hazy: list[str], clear: list[str], *, hazy_dir: str = "hazy", clear_dir: str = "clear",
+             name: str = "ds", size: tuple[int, int] = (24, 20)) -> Path:
+        root = tmp_path / name
+        for k, file in enumerate(hazy):
+            write_image(root / hazy_dir / file, size, "L" if k == 0 else "RGB", seed=k)
+        for k, file in enumerate(clear):
+            rgba = k == 0 and file.lower().endswith(".png")
+            write_image(root / clear_dir / file, size, "RGBA" if rgba else "RGB", seed=100 + k)
+        return root
+
+    return make

@@ -1,0 +1,199 @@
+"""The BILD update's maths: estimators agree, the policy gradient behaves, the entropy term spreads."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.backbones import create_backbone, list_backbones
+from pipeline.bild import (
+    BildConfig,
+    BildNets,
+    CropBatch,
+    NonFiniteLossError,
+    Reweighter,
+    alignment_fd,
+    alignment_jvp,
+    alignment_loop,
+    bild_step,
+    crop_log_weights,
+    crop_rewards,
+    entropy_grad,
+    per_crop_l1,
+    policy_loss,
+)
+
+
+def _problem(name: str, dtype: torch.dtype, n: int = 6, size: int = 24, seed: int = 0):
+    """A backbone at theta_{t-1}, a validation gradient at theta_t after one Adam step, and n crops."""
+    torch.manual_seed(seed)
+    model = create_backbone(name, "tiny").to(dtype)
+    hazy, clear = torch.rand(n, 3, size, size, dtype=dtype), torch.rand(n, 3, size, size, dtype=dtype)
+    old = {k: p.detach().clone() for k, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    per_crop_l1(model(hazy), clear).mean().backward()
+    opt.step()
+    val_hazy, val_clear = torch.rand(3, 3, size, size, dtype=dtype), torch.rand(3, 3, size, size, dtype=dtype)
+    params = [p for p in model.parameters()]
+    grads = torch.autograd.grad(per_crop_l1(model(val_hazy), val_clear).mean(), params)
+    grad_val = dict(zip(old, grads))
+    return model, old, grad_val, hazy, clear
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("name", ["aodnet", "ffanet", "griddehazenet"])
+def test_jvp_matches_the_loop_reference_in_float64(name: str) -> None:
+    model, old, grad_val, hazy, clear = _problem(name, torch.float64)
+    reference = alignment_loop(model, old, grad_val, hazy, clear)
+    assert reference.abs().max() > 0
+    assert _rel_err(alignment_jvp(model, old, grad_val, hazy, clear), reference) < 1e-8
+
+
+@pytest.mark.parametrize("name", ["aodnet", "ffanet"])
+def test_finite_difference_matches_the_loop_reference_in_float64(name: str) -> None:
+    model, old, grad_val, hazy, clear = _problem(name, torch.float64)
+    reference = alignment_loop(model, old, grad_val, hazy, clear)
+    # ReLUs and the L1 loss are piecewise linear: a step small enough that no pixel crosses
+    # a kink (1e-7 of |theta|) makes central differences exact up to rounding.
+    central = alignment_fd(model, old, grad_val, hazy, clear, central=True, rel_step=1e-7)
+    assert _rel_err(central, reference) < 1e-8
+    # The one-sided default trades accuracy for reusing the inner forward's losses.
+    losses = per_crop_l1(torch.func.functional_call(model, old, (hazy,)), clear)
+    assert _rel_err(alignment_fd(model, old, grad_val, hazy, clear, losses), reference) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["aodnet", "ffanet", "msbdn"])
+def test_estimators_correlate_in_float32(name: str) -> None:
+    model, old, grad_val, hazy, clear = _problem(name, torch.float32, n=10)
+    reference = alignment_loop(model, old, grad_val, hazy, clear)
+    for estimate in (alignment_fd(model, old, grad_val, hazy, clear), alignment_jvp(model, old, grad_val, hazy, clear)):
+        corr = np.corrcoef(estimate.numpy(), reference.numpy())[0, 1]
+        assert corr > 0.99
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_jvp_runs_on_every_backbone_or_falls_back_with_a_reason(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    backbone = create_backbone(name, "tiny")
+    reweighter = Reweighter(width=4, depth=2)
+    nets = BildNets(
+        backbone,
+        torch.optim.Adam(backbone.parameters(), 1e-3),
+        reweighter,
+        torch.optim.Adam(reweighter.parameters(), 1e-2),
+    )
+    batch = CropBatch(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    with caplog.at_level(logging.WARNING):
+        stats = bild_step(batch, nets, BildConfig(estimator="jvp"))
+    assert stats.estimator == "jvp" or (stats.estimator == "fd" and "jvp alignment unsupported" in caplog.text)
+    assert np.isfinite(stats.reward_mean)
+
+
+def test_entropy_grad_matches_autograd() -> None:
+    w = torch.rand(7, dtype=torch.float64) + 0.1
+    w.requires_grad_(True)
+    p = w / w.sum()
+    neg_entropy = (p * p.log()).sum()
+    (expected,) = torch.autograd.grad(neg_entropy, w)
+    assert torch.allclose(entropy_grad(w.detach().log()), expected, atol=1e-12)
+
+
+def test_rewards_stay_finite_when_a_weight_underflows() -> None:
+    log_w = torch.tensor([0.0, 0.0, -800.0]) + torch.log(torch.tensor(3.0 / 2))
+    assert log_w.exp()[2] == 0
+    assert torch.isfinite(crop_rewards(log_w, torch.tensor([1.0, 0.0, -1.0]), 0.5, "batch")).all()
+
+
+def _policy_grad(align: torch.Tensor, entropy_coef: float = 0.0) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    reweighter = Reweighter(width=4, depth=2)
+    torch.nn.init.normal_(reweighter.head.weight, std=0.5)  # non-uniform weights, as mid-training
+    hazy, clear = torch.rand(align.numel(), 3, 16, 16), torch.rand(align.numel(), 3, 16, 16)
+    log_w = crop_log_weights(reweighter(hazy, clear))
+    rewards = crop_rewards(log_w.detach(), align, entropy_coef, "none")
+    return torch.autograd.grad(policy_loss(rewards, log_w), list(reweighter.parameters()))
+
+
+def test_equal_per_crop_signal_gives_zero_policy_gradient() -> None:
+    # The trap of the public code: one reward for the whole batch. sum_i grad w_i = 0 kills it.
+    grads = _policy_grad(torch.full((8,), 0.37))
+    assert max(g.abs().max().item() for g in grads) < 1e-6
+
+
+def test_per_crop_signal_gives_nonzero_policy_gradient() -> None:
+    grads = _policy_grad(torch.linspace(-1, 1, 8))
+    assert max(g.abs().max().item() for g in grads) > 1e-3
+
+
+def _trained_weights(entropy_coef: float, steps: int = 300) -> torch.Tensor:
+    """Free scores as the policy, a fixed reward favouring the first two of eight crops."""
+    scores = torch.zeros(8, requires_grad=True)
+    opt = torch.optim.Adam([scores], lr=0.1)
+    align = torch.tensor([1.0, 1.0, -1, -1, -1, -1, -1, -1])
+    for _ in range(steps):
+        log_w = crop_log_weights(scores)
+        loss = policy_loss(crop_rewards(log_w.detach(), align, entropy_coef, "batch"), log_w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return crop_log_weights(scores).exp().detach()
+
+
+def test_large_alpha_keeps_weights_uniform() -> None:
+    weights = _trained_weights(entropy_coef=1e3)
+    assert (weights - 1).abs().max() < 0.05
+
+
+def test_zero_alpha_concentrates_weights_on_rewarded_crops() -> None:
+    weights = _trained_weights(entropy_coef=0.0)
+    assert weights[:2].sum() > 0.95 * 8
+
+
+def test_bild_step_moves_the_reweighter_and_reports_stats() -> None:
+    torch.manual_seed(0)
+    backbone = create_backbone("aodnet", "tiny")
+    reweighter = Reweighter(width=4, depth=2)
+    nets = BildNets(
+        backbone,
+        torch.optim.Adam(backbone.parameters(), 1e-3),
+        reweighter,
+        torch.optim.Adam(reweighter.parameters(), 1e-1),
+    )
+    before = [p.detach().clone() for p in reweighter.parameters()]
+    batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
+    stats = bild_step(batch, nets, BildConfig())
+    assert any(not torch.equal(a, b) for a, b in zip(before, reweighter.parameters()))
+    assert set(stats.times) == {"inner", "val_grad", "reward", "outer"}
+    assert 1.0 <= stats.ess <= 6.0 + 1e-6 and stats.max_weight >= 1.0 - 1e-6
+    assert stats.weight_entropy <= np.log(6) + 1e-6
+
+
+def test_plain_step_uses_uniform_weights() -> None:
+    torch.manual_seed(0)
+    backbone = create_backbone("aodnet", "tiny")
+    nets = BildNets(backbone, torch.optim.Adam(backbone.parameters(), 1e-3))
+    stats = bild_step(CropBatch(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)), nets, BildConfig(mode="plain"))
+    assert stats.loss == pytest.approx(stats.crop_loss)
+    assert np.isnan(stats.reward_mean) and set(stats.times) == {"inner"}
+
+
+def test_nan_loss_stops_before_touching_parameters() -> None:
+    backbone = create_backbone("aodnet", "tiny")
+    nets = BildNets(backbone, torch.optim.Adam(backbone.parameters(), 1e-3))
+    before = [p.detach().clone() for p in backbone.parameters()]
+    hazy = torch.rand(2, 3, 32, 32)
+    hazy[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="training loss is nan"):
+        bild_step(CropBatch(hazy, torch.rand(2, 3, 32, 32)), nets, BildConfig(mode="plain"))
+    assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))
+
+
+def test_bad_bild_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match="estimator='magic'"):
+        BildConfig(estimator="magic")
