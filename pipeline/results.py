@@ -1,0 +1,150 @@
+"""The Parquet results contract: two tables under explicit pyarrow schemas.
+
+Layout of one experiment (``runs/<experiment>/results/``):
+
+    epochs/<trial_id>/epoch-00003.parquet    one row: one trial's report for one epoch
+    trials/<trial_id>.parquet                one row: a trial's latest summary (replaced as it runs)
+
+Every file is written to a temporary name and renamed into place, so a reader never sees
+half a file and a crash loses at most the rows in flight. Many experiments scan together:
+
+    pl.scan_parquet("runs/*/results/epochs/**/*.parquet")
+    pl.scan_parquet("runs/*/results/trials/*.parquet")
+
+Searched hyperparameters beyond the four standard ones get their own float64 column,
+named after the search-space entry; :func:`read_table` aligns such files by name.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "HYPERPARAMS",
+    "STEP_METRICS",
+    "EPOCH_SCHEMA",
+    "TRIAL_SCHEMA",
+    "TRIAL_STATUSES",
+    "results_dir",
+    "write_rows",
+    "write_epoch_row",
+    "write_trial_row",
+    "read_table",
+]
+
+HYPERPARAMS = ("alpha", "inner_lr", "outer_lr", "val_fraction")
+STEP_METRICS = (
+    "loss",
+    "crop_loss",
+    "val_loss",
+    "reward_mean",
+    "reward_std",
+    "align_mean",
+    "weight_entropy",
+    "ess",
+    "max_weight",
+    "ms_inner",
+    "ms_val_grad",
+    "ms_reward",
+    "ms_outer",
+)
+TRIAL_STATUSES = ("RUNNING", "TERMINATED", "STOPPED", "ERROR", "NONFINITE")
+
+_IDENTITY = [
+    pa.field("experiment", pa.string(), nullable=False),
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("backbone", pa.string()),
+    pa.field("preset", pa.string()),
+    pa.field("mode", pa.string()),
+    pa.field("dataset", pa.string()),
+    *[pa.field(name, pa.float64()) for name in HYPERPARAMS],
+]
+
+EPOCH_SCHEMA = pa.schema(
+    [
+        *_IDENTITY,
+        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("select_psnr", pa.float64()),
+        pa.field("select_ssim", pa.float64()),
+        pa.field("hazy_psnr", pa.float64()),
+        *[pa.field(name, pa.float64()) for name in STEP_METRICS],
+        pa.field("epoch_seconds", pa.float64()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("device", pa.string()),
+        pa.field("node", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("checkpoint_path", pa.string()),
+        pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+TRIAL_SCHEMA = pa.schema(
+    [
+        *_IDENTITY,
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("epochs", pa.int32()),
+        pa.field("best_epoch", pa.int32()),
+        pa.field("best_select_psnr", pa.float64()),
+        pa.field("best_select_ssim", pa.float64()),
+        pa.field("last_select_psnr", pa.float64()),
+        pa.field("last_select_ssim", pa.float64()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("best_checkpoint_path", pa.string()),
+        pa.field("trial_dir", pa.string()),
+        pa.field("updated_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+
+def results_dir(experiment_dir: str | os.PathLike) -> Path:
+    return Path(experiment_dir) / "results"
+
+
+def _schema_with_extras(schema: pa.Schema, row: Mapping[str, Any]) -> pa.Schema:
+    """Add a float64 column for each extra searched hyperparameter the row carries."""
+    extras = [pa.field(k, pa.float64()) for k in row if k not in schema.names]
+    return pa.schema([*schema, *extras]) if extras else schema
+
+
+def write_rows(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> Path:
+    """Write ``rows`` under ``schema`` (plus extra hyperparameter columns) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = _schema_with_extras(schema, rows[0]) if rows else schema
+    table = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_epoch_row(experiment_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
+    path = results_dir(experiment_dir) / "epochs" / row["trial_id"] / f"epoch-{int(row['epoch']):05d}.parquet"
+    return write_rows(path, [row], EPOCH_SCHEMA)
+
+
+def write_trial_row(experiment_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
+    return write_rows(results_dir(experiment_dir) / "trials" / f"{row['trial_id']}.parquet", [row], TRIAL_SCHEMA)
+
+
+def read_table(run_dirs: Sequence[str | os.PathLike], table: str) -> pl.DataFrame:
+    """All rows of ``table`` ("epochs" or "trials") of the given experiment folders, in one frame."""
+    if table not in ("epochs", "trials"):
+        raise ValueError(f"unknown results table {table!r}; expected 'epochs' or 'trials'")
+    pattern = "**/*.parquet" if table == "epochs" else "*.parquet"
+    files = [str(f) for d in run_dirs for f in sorted((results_dir(d) / table).glob(pattern))]
+    if not files:
+        raise FileNotFoundError(
+            f"no {table} results under {', '.join(str(results_dir(d) / table) for d in run_dirs)}; "
+            "expected the folder of an experiment run by pipeline.search"
+        )
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
