@@ -76,7 +76,8 @@ class Trainer:
         inner_opt = torch.optim.Adam(self.backbone.parameters(), lr=tr.inner_lr, betas=(0.9, 0.999))
         self.nets = BildNets(self.backbone, inner_opt)
         if cfg.mode != "plain":
-            reweighter = Reweighter(cfg.bild.reweighter_width, cfg.bild.reweighter_depth).to(self.device)
+            reweighter = Reweighter(cfg.bild.reweighter_width, cfg.bild.reweighter_depth, cfg.bild.score_bound)
+            reweighter = reweighter.to(self.device)
             self.nets.reweighter = reweighter
             self.nets.outer_opt = torch.optim.Adam(reweighter.parameters(), lr=tr.outer_lr, betas=(0.9, 0.999))
         self.train_crops = CropSampler(self.store, self.train_idx, ds.crop, flips=ds.flips)

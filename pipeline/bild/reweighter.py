@@ -24,8 +24,14 @@ class Reweighter(nn.Module):
     cost is part of the step-cost budget (DESIGN.md section 5).
     """
 
-    def __init__(self, width: int = 16, depth: int = 3) -> None:
+    def __init__(self, width: int = 16, depth: int = 3, score_bound: float = 3.0) -> None:
         super().__init__()
+        # Scores live in [-bound, bound] around the batch mean (weight ratios up to e^(2 bound)).
+        # An unbounded score lets a few Adam steps saturate the softmax, after which w_i ~ 0 gets
+        # no gradient (R_i has a factor w_i) and not even the entropy term brings the crop back.
+        # Centring first costs nothing (softmax ignores a common shift) and stops every score
+        # drifting into the same flat end of the tanh.
+        self.score_bound = score_bound
         layers: list[nn.Module] = []
         channels = 6
         for level in range(depth):
@@ -39,10 +45,11 @@ class Reweighter(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, hazy: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:
-        """(n,3,H,W) x2 -> scores (n,)."""
+        """(n,3,H,W) x2 -> scores (n,), relative to the batch (only differences matter to the weights)."""
         stacked = torch.cat([hazy, clear], dim=1)  # (n,6,H,W)
         pooled = F.adaptive_avg_pool2d(self.features(stacked), 1).flatten(1)  # (n,C)
-        return self.head(pooled).squeeze(1)  # (n,)
+        raw = self.head(pooled).squeeze(1)  # (n,)
+        return self.score_bound * torch.tanh((raw - raw.mean()) / self.score_bound)
 
 
 def crop_log_weights(scores: torch.Tensor, *, temperature: float = 1.0, kind: str = "softmax") -> torch.Tensor:

@@ -1,0 +1,132 @@
+"""A Ray Tune callback that writes the Parquet results (pipeline/results.py) while the search runs.
+
+It runs in the driver: each reported epoch becomes one ``epochs`` file, and the trial's
+``trials`` row is replaced (atomically) whenever its state changes, so a crash of the
+driver loses at most the row in flight. On a resumed search it picks up the trials rows
+already on disk, so "best so far" survives a driver restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from ray.tune import Callback
+
+from ..results import HYPERPARAMS, STEP_METRICS, results_dir, write_epoch_row, write_trial_row
+
+__all__ = ["ParquetResultsCallback"]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class ParquetResultsCallback(Callback):
+    """Writes ``epochs`` and ``trials`` rows for one experiment folder."""
+
+    def __init__(self, experiment_dir: str | Path, identity: dict[str, Any], max_epochs: int) -> None:
+        self.experiment_dir = Path(experiment_dir)
+        self.identity = identity  # experiment, backbone, preset, dataset, fixed hyperparameters
+        self.max_epochs = max_epochs
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def setup(self, **info: Any) -> None:
+        folder = results_dir(self.experiment_dir) / "trials"
+        for f in sorted(folder.glob("*.parquet")):
+            row = pl.read_parquet(f).row(0, named=True)
+            self.rows[row["trial_id"]] = row
+
+    def _trial_identity(self, trial: Any) -> dict[str, Any]:
+        cfg = trial.config
+        params = {k: _float(v) for k, v in cfg.items() if k != "mode"}
+        # Plain training has no reweighter and no validation split: those columns stay empty.
+        fixed = {k: None if cfg["mode"] == "plain" and k != "inner_lr" else self.identity.get(k) for k in HYPERPARAMS}
+        return {**self.identity, **fixed, **params, "trial_id": trial.trial_id, "mode": cfg["mode"]}
+
+    def _trial_row(self, trial: Any) -> dict[str, Any]:
+        if trial.trial_id not in self.rows:
+            self.rows[trial.trial_id] = {
+                **self._trial_identity(trial),
+                "status": "RUNNING",
+                "error": None,
+                "epochs": 0,
+                "best_epoch": None,
+                "best_select_psnr": None,
+                "best_select_ssim": None,
+                "last_select_psnr": None,
+                "last_select_ssim": None,
+                "wall_time_s": 0.0,
+                "best_checkpoint_path": None,
+                "trial_dir": str(trial.path),
+            }
+        return self.rows[trial.trial_id]
+
+    def _save(self, row: dict[str, Any], **changes: Any) -> None:
+        row.update(changes, updated_at=_now())
+        write_trial_row(self.experiment_dir, row)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._save(self._trial_row(trial), status="RUNNING")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = self._trial_row(trial)
+        ckpt_name = result.get("checkpoint_dir_name")
+        ckpt = str(Path(trial.path) / ckpt_name / "checkpoint.pt") if ckpt_name else None
+        psnr, ssim = _float(result.get("select_psnr")), _float(result.get("select_ssim"))
+        epoch_row = {
+            **self._trial_identity(trial),
+            "epoch": int(result.get("epoch", result.get("training_iteration", 0))),
+            "select_psnr": psnr,
+            "select_ssim": ssim,
+            "hazy_psnr": _float(result.get("hazy_psnr")),
+            **{k: _float(result.get(k)) for k in (*STEP_METRICS, "epoch_seconds")},
+            "wall_time_s": _float(result.get("time_total_s")),
+            "device": result.get("device"),
+            "node": result.get("node_id"),
+            "status": "NONFINITE" if result.get("nonfinite") else "RUNNING",
+            "checkpoint_path": ckpt,
+            "timestamp": _now(),
+        }
+        write_epoch_row(self.experiment_dir, epoch_row)
+        changes: dict[str, Any] = {
+            "epochs": epoch_row["epoch"],
+            "last_select_psnr": psnr,
+            "last_select_ssim": ssim,
+            "wall_time_s": epoch_row["wall_time_s"],
+        }
+        best = row["best_select_psnr"]
+        if ckpt and psnr is not None and math.isfinite(psnr) and (best is None or psnr > best):
+            changes.update(best_epoch=epoch_row["epoch"], best_select_psnr=psnr, best_select_ssim=ssim,
+                           best_checkpoint_path=ckpt)
+        if result.get("nonfinite"):
+            changes.update(status="NONFINITE", error=result["nonfinite"])
+        self._save(row, **changes)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._trial_row(trial)
+        if row["status"] == "NONFINITE":
+            return
+        finished = row["epochs"] >= self.max_epochs
+        self._save(row, status="TERMINATED" if finished else "STOPPED")  # STOPPED: ASHA cut it short
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._save(self._trial_row(trial), status="RUNNING", error=f"recovered after: {_error_text(trial)}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._save(self._trial_row(trial), status="ERROR", error=_error_text(trial))
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        lines = Path(path).read_text().strip().splitlines()
+        return lines[-1] if lines else "unknown error"
+    return str(getattr(trial, "error_msg", None) or "unknown error")

@@ -1,0 +1,92 @@
+"""The Ray Tune training actor: one trial = one :class:`pipeline.train.Trainer`, epoch by epoch.
+
+Everything about training lives in the engine; this function only builds a Trainer from
+the experiment's config plus the trial's sampled hyperparameters, resumes it from Tune's
+checkpoint when Tune restarts the trial, and reports one metrics dict (with a checkpoint)
+per epoch so that ASHA can stop it and Optuna can learn from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from omegaconf import OmegaConf
+from ray import tune
+
+from ..bild import NonFiniteLossError
+from ..data import PairStore
+from ..train import Trainer
+from .space import SearchSpace, apply_params
+
+__all__ = ["CHECKPOINT_FILE", "NONFINITE_PSNR", "train_trial"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+# Reported as select_psnr when a trial's loss becomes NaN/inf: Optuna's tell() rejects NaN and
+# Ray then silently drops the trial from the study; a floor value keeps it, ranked last.
+NONFINITE_PSNR = 0.0
+
+
+def _store_is_shared(store: PairStore) -> bool:
+    """Arrays read zero-copy from Ray's object store are read-only views of the one shared copy."""
+    return not store.hazy[0].flags.writeable
+
+
+def _inject_faults(trainer: Trainer, faults: dict[str, Any], trial_dir: Path) -> None:
+    """Test hooks (config ``faults.*``): kill this actor once, or poison a weight with NaN."""
+    epoch = trainer.epoch + 1
+    marker = trial_dir / ".crashed_once"
+    if faults.get("crash_once_at_epoch") == epoch and not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)  # the real thing: the actor dies mid-trial
+    if faults.get("nan_at_epoch") == epoch:
+        with torch.no_grad():
+            next(trainer.backbone.parameters()).fill_(math.nan)
+
+
+def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: SearchSpace, store: PairStore) -> None:
+    """Function trainable: ``config`` holds the sampled hyperparameters and the mode.
+
+    ``store`` arrives through ``tune.with_parameters`` from the driver's single ``ray.put``:
+    a zero-copy, read-only view of the one copy in this node's object store.
+    """
+    ctx = tune.get_context()
+    trial_dir = Path(ctx.get_trial_dir())
+    cfg = OmegaConf.create(base_cfg)
+    OmegaConf.set_struct(cfg, False)
+    cfg.mode = config["mode"]
+    cfg = apply_params(cfg, config, space)
+    cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
+    torch.set_num_threads(cpus)
+    trainer = Trainer(cfg, store)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load(Path(d) / CHECKPOINT_FILE)
+
+    context = {
+        "device": str(trainer.device),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "store_shared": _store_is_shared(store),
+        **trainer.hazy_reference(),
+    }
+    faults = OmegaConf.to_container(cfg.faults)
+    while trainer.epoch < cfg.train.epochs:
+        _inject_faults(trainer, faults, trial_dir)
+        try:
+            metrics = {**trainer.train_epoch(), **trainer.evaluate("select")}
+        except NonFiniteLossError as err:
+            tune.report({"select_psnr": NONFINITE_PSNR, "select_ssim": 0.0, "epoch": trainer.epoch + 1,
+                         "nonfinite": str(err), **context})
+            return
+        metrics.update(epoch=trainer.epoch, nonfinite="", **context)
+        with tempfile.TemporaryDirectory() as d:
+            trainer.save(Path(d) / CHECKPOINT_FILE, metrics=metrics)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
