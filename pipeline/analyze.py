@@ -162,14 +162,20 @@ def _optuna_importance(rows: pl.DataFrame, params: list[str], target: str) -> di
     return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
 
 
+def _spearman(rows: pl.DataFrame, param: str, target: str) -> float | None:
+    """Rank correlation of a numeric parameter with the target; it says which way the effect goes."""
+    if rows.height < 2 or rows[param].dtype == pl.String:
+        return None
+    rho = rows.select(pl.corr(param, target, method="spearman")).item()
+    return None if rho is None or math.isnan(rho) else rho
+
+
 def _importance_scope(rows: pl.DataFrame, params: list[str], target: str) -> dict[str, Any]:
     rows = rows.filter(pl.col(target).is_not_null() & pl.col(target).is_not_nan())
-    incomplete = [p for p in params if rows[p].null_count() > 0]
-    varying = [p for p in params if p not in incomplete and rows[p].n_unique() > 1]
-    spearman = {
-        p: rows.select(pl.corr(p, target, method="spearman")).item() if rows.height >= 2 else None
-        for p in varying if rows[p].dtype != pl.String
-    }
+    # Plain trials leave the bild-only columns empty: absent everywhere means not searched here.
+    present = [p for p in params if rows[p].null_count() < rows.height]
+    incomplete = [p for p in present if rows[p].null_count() > 0]
+    varying = [p for p in present if p not in incomplete and rows[p].n_unique() > 1]
     scope: dict[str, Any] = {"n_trials": rows.height, "method": "spearman", "params": [], "note": None}
     if rows.height >= MIN_TRIALS_FOR_IMPORTANCE and varying:
         scope["method"] = "optuna PedAnovaImportanceEvaluator"
@@ -179,12 +185,12 @@ def _importance_scope(rows: pl.DataFrame, params: list[str], target: str) -> dic
         scope["note"] = (f"{rows.height} finished trial(s) and {len(varying)} varying parameter(s): too few for "
                          f"Optuna's importance (needs >= {MIN_TRIALS_FOR_IMPORTANCE} trials); Spearman only")
     if incomplete:
-        skipped = f"left out (missing in some trials): {', '.join(incomplete)}"
+        skipped = f"left out (empty in some of these trials): {', '.join(incomplete)}"
         scope["note"] = f"{scope['note']}; {skipped}" if scope["note"] else skipped
-    for p in sorted(varying, key=lambda p: -importance.get(p, 0.0)):
-        rho = spearman.get(p)
-        scope["params"].append({"name": p, "importance": importance.get(p),
-                                "spearman": None if rho is None or math.isnan(rho) else rho})
+    scope["params"] = [
+        {"name": p, "importance": importance.get(p), "spearman": _spearman(rows, p, target)}
+        for p in sorted(varying, key=lambda p: -importance.get(p, 0.0))
+    ]
     return scope
 
 
@@ -240,13 +246,15 @@ def _cell(value: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[Any]], fmt: str) -> str:
+    if not rows:
+        return "(none)"
     cells = [[_cell(v) for v in row] for row in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    return "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells])
+    lines = [headers, ["-" * w for w in widths], *cells]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
 def _records(records: list[dict[str, Any]], headers: list[str], fmt: str) -> str:
@@ -268,7 +276,7 @@ def _importance_text(report: dict[str, Any], fmt: str) -> str:
     for scope, result in report["importance"].items():
         title = f"{scope} ({result['n_trials']} finished trials, {result['method']})"
         parts.append(f"### {title}" if fmt == "markdown" else f"{title}:")
-        parts.append(_records(result["params"], ["name", "importance", "spearman"], fmt) if result["params"] else "(none)")
+        parts.append(_records(result["params"], ["name", "importance", "spearman"], fmt))
         if result["note"]:
             parts.append(f"note: {result['note']}")
     return "\n\n".join(parts)
@@ -277,7 +285,7 @@ def _importance_text(report: dict[str, Any], fmt: str) -> str:
 def render(report: dict[str, Any], fmt: str = "table") -> str:
     """The report as ``table`` (aligned text), ``markdown`` or ``json`` (one object)."""
     if fmt == "json":
-        return json.dumps(report, indent=2, allow_nan=False, default=str)
+        return json.dumps(report, indent=2, allow_nan=False)
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}; expected one of {', '.join(FORMATS)}")
     heading = (lambda t: f"## {t}") if fmt == "markdown" else (lambda t: f"{t}\n{'=' * len(t)}")
@@ -288,7 +296,8 @@ def render(report: dict[str, Any], fmt: str = "table") -> str:
         "Modes (finished trials)": _records(
             report["modes"], ["mode", "trials", "finished", "best_psnr", "mean_psnr", "best_ssim", "mean_ssim"], fmt),
         "Mode - plain (difference of means, bootstrap CI)": _records(
-            report["comparison"], ["mode", "metric", "n", "n_baseline", "difference", "ci_low", "ci_high", "note"], fmt),
+            report["comparison"],
+            ["mode", "metric", "n", "n_baseline", "difference", "ci_low", "ci_high", "note"], fmt),
         "Hyperparameter effects": _importance_text(report, fmt),
         f"Learning curves ({report['metric']})": _curve_table(report, fmt),
     }
@@ -299,6 +308,9 @@ def render(report: dict[str, Any], fmt: str = "table") -> str:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    for ax in fig.axes:
+        if ax.get_legend_handles_labels()[0]:  # a run with no finished trial has nothing to label
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
@@ -317,7 +329,6 @@ def _plot_curves(report: dict[str, Any], path: Path) -> Path:
                     label=mode if k == 0 else None)
     ax.set(xlabel="epoch", ylabel=report["metric"], title="Learning curves (selection set)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
     return _save(fig, path)
 
 
@@ -328,11 +339,11 @@ def _plot_param(report: dict[str, Any], param: str, path: Path) -> Path:
     finished = [r for r in report["leaderboard"] if r["status"] in FINISHED and r[param] is not None]
     for mode in sorted({r["mode"] for r in finished}, key=str):
         points = [(r[param], r[best]) for r in finished if r["mode"] == mode and r[best] is not None]
-        ax.scatter(*zip(*points), color=_colour(mode), label=mode)
+        if points:
+            ax.scatter(*zip(*points), color=_colour(mode), label=mode)
     if param == "alpha" or param.endswith("lr"):
         ax.set_xscale("log")
     ax.set(xlabel=param, ylabel=best, title=f"{best} against {param}")
-    ax.legend()
     return _save(fig, path)
 
 
@@ -354,7 +365,6 @@ def _plot_modes(report: dict[str, Any], path: Path) -> Path:
         ax.fill_between(group["epoch"], group["low"], group["high"], color=_colour(mode), alpha=0.2)
     ax.set(xlabel="epoch", ylabel=metric, title="BILD against plain: mean and min-max over trials")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
     return _save(fig, path)
 
 
@@ -374,8 +384,11 @@ def write_plots(report: dict[str, Any], out_dir: str | os.PathLike) -> list[Path
 # --- patch weights (the paper's Fig. 7) -------------------------------------------------------------
 
 
-def _crop_grid(hazy: np.ndarray, clear: np.ndarray, crop: int, path: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int, int]]:
-    """All whole crop x crop cells of a centred grid: (hazy, clear) tensors (rows*cols,3,S,S) and (top, left, rows, cols)."""
+Grid = tuple[int, int, int, int]  # top, left, rows, cols of the crop grid on the image
+
+
+def _crop_grid(hazy: np.ndarray, clear: np.ndarray, crop: int, path: str) -> tuple[torch.Tensor, torch.Tensor, Grid]:
+    """Every whole crop x crop cell of a centred grid: (hazy, clear) tensors (rows*cols,3,S,S) and the grid."""
     h, w = hazy.shape[:2]
     rows, cols = h // crop, w // crop
     if rows == 0 or cols == 0:
@@ -390,7 +403,7 @@ def _crop_grid(hazy: np.ndarray, clear: np.ndarray, crop: int, path: str) -> tup
     return cells(hazy), cells(clear), (top, left, rows, cols)
 
 
-def _draw_weights(hazy: np.ndarray, weights: np.ndarray, grid: tuple[int, int, int, int], crop: int, title: str) -> Figure:
+def _draw_weights(hazy: np.ndarray, weights: np.ndarray, grid: Grid, crop: int, title: str) -> Figure:
     top, left, rows, cols = grid
     h, w = hazy.shape[:2]
     fig = Figure(figsize=(8, 8 * h / w + 0.6))
@@ -487,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.weights:
             grid = patch_weights(args.weights, args.hazy, args.clear, args.out, args.crop)
-            print(f"wrote {args.out}: {grid.shape[0]}x{grid.shape[1]} crops, weights {grid.min():.2f} to {grid.max():.2f}")
+            rows, cols = grid.shape
+            print(f"wrote {args.out}: {rows}x{cols} crops, weights {grid.min():.2f} to {grid.max():.2f}")
             return 0
         report = analyze(args.run_dirs, args.metric)
         print(render(report, args.format), end="")

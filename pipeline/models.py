@@ -24,7 +24,16 @@ from torch import nn
 from .backbones import build_from_kwargs
 from .train import CHECKPOINT_FORMAT
 
-__all__ = ["MODEL_FORMAT", "MODEL_FILE", "CARD_FILE", "LATEST_FILE", "save_model", "load_model", "resolve_model_file", "model_label"]
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_FILE",
+    "CARD_FILE",
+    "LATEST_FILE",
+    "save_model",
+    "resolve_model_file",
+    "load_model",
+    "model_label",
+]
 
 MODEL_FORMAT = "bild-model/1"
 MODEL_FILE = "model.pt"
@@ -53,7 +62,9 @@ def resolve_model_file(path: str | os.PathLike) -> Path:
     if (path / LATEST_FILE).is_file():
         version = (path / LATEST_FILE).read_text().strip()
         if not (path / version / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"{path / LATEST_FILE} points at {version!r}, but {path / version / MODEL_FILE} is missing")
+            raise FileNotFoundError(
+                f"{path / LATEST_FILE} points at {version!r}, but {path / version / MODEL_FILE} is missing"
+            )
         return path / version / MODEL_FILE
     raise FileNotFoundError(
         f"{path} holds neither {MODEL_FILE} nor {LATEST_FILE}; expected models/<backbone>/v<N>/ or models/<backbone>/"
@@ -84,7 +95,7 @@ def _meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """(backbone in eval mode on the CPU, its card or metadata) from any of the forms :func:`resolve_model_file` takes."""
+    """(backbone in eval mode on the CPU, its card or metadata) from any form :func:`resolve_model_file` takes."""
     file = resolve_model_file(path)
     state = _read(file)
     backbone = state["backbone"]

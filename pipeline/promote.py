@@ -107,8 +107,10 @@ def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr") -> dict[
             f"nothing to promote in {run_dir}: no trial finished (TERMINATED or STOPPED) with a checkpoint on disk "
             f"and a {metric}; trial statuses: {statuses}"
         )
-    # Ties go to the smaller trial id, so the choice does not depend on file order.
-    return max(rows, key=lambda r: (r[f"best_{metric}"], [-ord(c) for c in r["trial_id"]]))
+    # max keeps the first of equals: ties go to the smaller trial id, whatever the file order.
+    best = max(sorted(rows, key=lambda r: r["trial_id"]), key=lambda r: r[f"best_{metric}"])
+    best["hyperparameters"] = {p: best[p] for p in searched_params(trials)}
+    return best
 
 
 # --- re-evaluation ----------------------------------------------------------------------------------
@@ -131,8 +133,8 @@ def _rebuild_data(state: dict[str, Any]) -> tuple[PairStore, Splits]:
     for name in ("select", "test"):
         if getattr(splits, name) != recorded[name]:
             raise ValueError(
-                f"the {name} set rebuilt from dataset {ds['name']!r} (layout {ds['layout']}, root {ds['root']}) differs "
-                "from the one the trial was trained with: the data changed since the search"
+                f"the {name} set rebuilt from dataset {ds['name']!r} (layout {ds['layout']}, root {ds['root']}) "
+                "differs from the one the trial was trained with: the data changed since the search"
             )
     return store, splits
 
@@ -215,7 +217,7 @@ def _card(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check:
         "kwargs": state["backbone"]["kwargs"],
         "version": version,
         "config": cfg,
-        "hyperparameters": {p: trial.get(p) for p in trial["params"]},
+        "hyperparameters": trial["hyperparameters"],
         "selection": {"metric": metric, **check},
         "test": test,
         "source": {"run_dir": str(run_dir), "experiment": trial["experiment"], "trial_id": trial["trial_id"],
@@ -227,20 +229,20 @@ def _card(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check:
     }
 
 
-def _write_version(models_dir: Path, backbone: str, state: dict[str, Any], card_of: Any) -> dict[str, Any]:
-    """Create v<N> (failing if it exists), write model.pt and card.json, then LATEST and the index."""
-    backbone_dir = models_dir / backbone
+def _reserve_version(backbone_dir: Path) -> Path:
+    """Create and return the next free v<N> folder; a version is never overwritten."""
     backbone_dir.mkdir(parents=True, exist_ok=True)
-    version = _next_version(backbone_dir)
-    folder = backbone_dir / version
-    folder.mkdir()  # FileExistsError if a concurrent promotion took this number: never overwrite a version
-    card = card_of(version)
+    folder = backbone_dir / _next_version(backbone_dir)
+    folder.mkdir()  # FileExistsError if a concurrent promotion took this number first
+    return folder
+
+
+def _write_version(folder: Path, state: dict[str, Any], card: dict[str, Any]) -> None:
+    """model.pt and card.json into ``folder``, then LATEST beside it and the index above it."""
     save_model(folder / MODEL_FILE, state["backbone"], state["models"]["backbone"])
     _write_atomic(folder / CARD_FILE, json.dumps(card, indent=2, allow_nan=False) + "\n")
-    _write_atomic(backbone_dir / LATEST_FILE, version + "\n")
-    write_index(models_dir)
-    card["path"] = str(folder)
-    return card
+    _write_atomic(folder.parent / LATEST_FILE, folder.name + "\n")
+    write_index(folder.parents[1])
 
 
 def promote(
@@ -253,7 +255,6 @@ def promote(
     """Promote the best finished trial of ``run_dir`` into ``models_dir``; returns its card (plus ``path``)."""
     run_dir = Path(run_dir)
     trial = best_trial(run_dir, metric)
-    trial["params"] = searched_params(read_table([run_dir], "trials"))
     state = load_checkpoint(trial["checkpoint"])
     # Built exactly as a user will load it, so the numbers on the card are the promoted model's.
     model, _ = load_model(trial["checkpoint"])
@@ -263,8 +264,10 @@ def promote(
     eval_side = state["config"]["dataset"]["eval_max_side"]
     check = _selection_check(trial, _scores(model, store, splits.select, dev, eval_side))
     test = _scores(model, store, splits.test, dev, eval_side)
-    card_of = lambda version: _card(trial, state, store, check, test, metric, version, run_dir)  # noqa: E731
-    return _write_version(Path(models_dir), state["backbone"]["name"], state, card_of)
+    folder = _reserve_version(Path(models_dir) / state["backbone"]["name"])
+    card = _card(trial, state, store, check, test, metric, folder.name, run_dir)
+    _write_version(folder, state, card)
+    return {**card, "path": str(folder)}
 
 
 # --- command line -----------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("wall_time_s", pa.float64()),
         pa.field("device", pa.string()),
         pa.field("node", pa.string()),
+        pa.field("store_shared", pa.bool_()),
         pa.field("status", pa.string()),
         pa.field("checkpoint_path", pa.string()),
         pa.field("timestamp", pa.timestamp("ms", tz="UTC")),

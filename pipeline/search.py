@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import ray
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import UnknownBackboneError, list_backbones, list_presets
@@ -104,7 +105,7 @@ def _experiment_name(args: argparse.Namespace) -> str:
 
 def prepare(argv: list[str]) -> tuple[DictConfig, SearchSpace, Any, SearchOptions]:
     """Parse and validate everything (config, space, data, crops) before Ray starts."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     try:
         list_presets(args.backbone)
         if args.preset is not None and args.preset not in list_presets(args.backbone):
@@ -151,7 +152,10 @@ def search(argv: list[str]) -> dict[str, Any]:
     print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
     print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
           f"{opts.epochs} epochs, {opts.concurrency} at once)", flush=True)
-    return {**run_search(cfg, space, store, opts), "dashboard": ray_info}
+    try:
+        return {**run_search(cfg, space, store, opts), "dashboard": ray_info}
+    finally:
+        ray.shutdown()  # disconnects from a cluster; stops the local Ray this search started
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -291,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     try:
         cfg = compose_config(flag_overrides(vars(args), TRAIN_FLAGS) + args.overrides)
         train(cfg, resume=args.resume)

@@ -41,3 +41,27 @@ def make_dataset(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def one_torch_thread() -> None:
+    """One intra-op thread: these tests run tiny models beside other jobs, where extra threads only contend."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def search_run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
+    """A finished search made the real way without Ray (tests/helpers.py): 2 plain + 2 bild trials, 1 errored."""
+    from helpers import build_search_run  # imported here: only the after-the-search tests pay for training
+
+    return build_search_run(tmp_path_factory.mktemp("runs") / "exp1")
+
+
+@pytest.fixture(scope="session")
+def failed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A search whose every trial errored."""
+    from helpers import build_failed_run
+
+    return build_failed_run(tmp_path_factory.mktemp("runs") / "all-failed")

@@ -28,6 +28,7 @@ TRIALS = (
     ("t1-plain", "plain", 0.1, 3e-3, 0.01, 0.1),
     ("t2-bild", "bild", 0.01, 1e-3, 0.005, 0.2),
     ("t3-bild", "bild", 0.5, 2e-3, 0.03, 0.1),
+    ("t4-bild", "bild", 0.1, 5e-4, 0.01, 0.3),
 )
 
 
@@ -37,11 +38,13 @@ def trial_config(mode: str, alpha: float, inner_lr: float, outer_lr: float, val_
 
 
 def _identity(experiment: str, trial_id: str, cfg: Any) -> dict[str, Any]:
+    # As pipeline.tune writes them: plain training searches only the inner lr, the rest stay empty.
+    bild = cfg.mode != "plain"
     return {
         "experiment": experiment, "trial_id": trial_id, "backbone": cfg.backbone.name,
         "preset": cfg.backbone.preset, "mode": cfg.mode, "dataset": cfg.dataset.name,
-        "alpha": cfg.bild.entropy_coef, "inner_lr": cfg.train.inner_lr, "outer_lr": cfg.train.outer_lr,
-        "val_fraction": cfg.train.val_fraction,
+        "inner_lr": cfg.train.inner_lr, "alpha": cfg.bild.entropy_coef if bild else None,
+        "outer_lr": cfg.train.outer_lr if bild else None, "val_fraction": cfg.train.val_fraction if bild else None,
     }
 
 
@@ -73,13 +76,13 @@ def run_trial(run_dir: Path, trial_id: str, cfg: Any, store: PairStore) -> dict[
 
 
 def build_search_run(run_dir: Path) -> Path:
-    """Four finished trials (2 plain, 2 bild) plus one that errored before its first epoch."""
-    cfg = trial_config(*TRIALS[0][1:])
+    """Five finished trials (2 plain, 3 bild) plus one that errored before its first epoch."""
+    cfg = trial_config(*TRIALS[0][1:])  # plain: the errored trial below is one too
     store = load_store(cfg)
     for trial_id, *values in TRIALS:
         run_trial(run_dir, trial_id, trial_config(*values), store)
-    crashed = {**_identity(run_dir.name, "t4-error", cfg), "status": "ERROR", "error": "RuntimeError: boom",
-               "epochs": 0, "trial_dir": str(run_dir / "t4-error"), "updated_at": datetime.now(timezone.utc)}
+    crashed = {**_identity(run_dir.name, "t5-error", cfg), "status": "ERROR", "error": "RuntimeError: boom",
+               "epochs": 0, "trial_dir": str(run_dir / "t5-error"), "updated_at": datetime.now(timezone.utc)}
     write_trial_row(run_dir, crashed)
     return run_dir
 

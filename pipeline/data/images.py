@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import UnreadableImageError
 
@@ -24,8 +24,9 @@ def decode_image(path: Path) -> np.ndarray:
     """Decode `path` fully into uint8 HxWx3 RGB; grayscale, palette and RGBA become RGB (alpha dropped)."""
     try:
         with Image.open(path) as im:
+            # exif_transpose: phone photos are stored sideways with an orientation tag.
             # convert() forces a full decode, so a truncated file fails here, not later.
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UnreadableImageError(
             f"cannot decode {path}: {err}; expected a PNG, JPEG or BMP image"

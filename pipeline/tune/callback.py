@@ -91,6 +91,7 @@ class ParquetResultsCallback(Callback):
             "wall_time_s": _float(result.get("time_total_s")),
             "device": result.get("device"),
             "node": result.get("node_id"),
+            "store_shared": result.get("store_shared"),
             "status": "NONFINITE" if result.get("nonfinite") else "RUNNING",
             "checkpoint_path": ckpt,
             "timestamp": _now(),

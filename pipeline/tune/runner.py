@@ -115,6 +115,7 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
                                     time_attr="training_iteration"),
             num_samples=opts.trials,
             trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,  # a new trial skips the seconds of importing torch in a fresh worker
         ),
         run_config=tune.RunConfig(
             name=f"tune-{mode}",
