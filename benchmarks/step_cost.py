@@ -73,6 +73,7 @@ def measure(
             "preset": preset,
             "crop": crop,
             "device": str(device),
+            "threads": torch.get_num_threads(),
             "estimator": est,
             "n": n,
             "m": m,
@@ -98,8 +99,11 @@ def main() -> None:
     p.add_argument("--scaling-ns", default="4,10,32", help="n values for the reward-cost scaling rows ('' to skip)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (a search trial uses its CPUs)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     estimators = a.estimators.split(",")
     rows = measure(a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup)

@@ -38,7 +38,9 @@ def _crop_losses(model: nn.Module, params: Params, hazy: torch.Tensor, clear: to
 
 
 def _norm(tensors: Params) -> float:
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors.values()))
+    # One fused kernel per call: a Python loop over a big backbone's hundreds of tensors
+    # costs more than the forward it serves.
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors.values())))))
 
 
 def alignment_fd(
@@ -68,7 +70,8 @@ def alignment_fd(
     h = rel_step * (1.0 + _norm(old_params)) / g_norm
 
     def shifted(sign: float) -> Params:
-        return {k: p + sign * h * grad_val[k] for k, p in old_params.items()}
+        moved = torch._foreach_add(list(old_params.values()), [grad_val[k] for k in old_params], alpha=sign * h)
+        return dict(zip(old_params, moved))
 
     with torch.no_grad():
         plus = _crop_losses(model, shifted(1.0), hazy, clear)
