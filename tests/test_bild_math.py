@@ -77,17 +77,21 @@ def test_estimators_correlate_in_float32(name: str) -> None:
         assert corr > 0.99
 
 
-@pytest.mark.parametrize("name", list_backbones())
-def test_jvp_runs_on_every_backbone_or_falls_back_with_a_reason(name: str, caplog: pytest.LogCaptureFixture) -> None:
+def _tiny_nets(name: str, outer_lr: float) -> BildNets:
     torch.manual_seed(0)
     backbone = create_backbone(name, "tiny")
     reweighter = Reweighter(width=4, depth=2)
-    nets = BildNets(
+    return BildNets(
         backbone,
         torch.optim.Adam(backbone.parameters(), 1e-3),
         reweighter,
-        torch.optim.Adam(reweighter.parameters(), 1e-2),
+        torch.optim.Adam(reweighter.parameters(), outer_lr),
     )
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_jvp_runs_on_every_backbone_or_falls_back_with_a_reason(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    nets = _tiny_nets(name, 1e-2)
     batch = CropBatch(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
     with caplog.at_level(logging.WARNING):
         stats = bild_step(batch, nets, BildConfig(estimator="jvp"))
@@ -156,15 +160,8 @@ def test_zero_alpha_concentrates_weights_on_rewarded_crops() -> None:
 
 
 def test_bild_step_moves_the_reweighter_and_reports_stats() -> None:
-    torch.manual_seed(0)
-    backbone = create_backbone("aodnet", "tiny")
-    reweighter = Reweighter(width=4, depth=2)
-    nets = BildNets(
-        backbone,
-        torch.optim.Adam(backbone.parameters(), 1e-3),
-        reweighter,
-        torch.optim.Adam(reweighter.parameters(), 1e-1),
-    )
+    nets = _tiny_nets("aodnet", 1e-1)
+    reweighter = nets.reweighter
     before = [p.detach().clone() for p in reweighter.parameters()]
     batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
     stats = bild_step(batch, nets, BildConfig())
