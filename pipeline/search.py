@@ -103,44 +103,61 @@ def _experiment_name(args: argparse.Namespace) -> str:
     return f"{prefix}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
-def prepare(argv: list[str]) -> tuple[DictConfig, SearchSpace, Any, SearchOptions]:
-    """Parse and validate everything (config, space, data, crops) before Ray starts."""
-    args = _parser().parse_intermixed_args(argv)
+def _check_backbone(args: argparse.Namespace) -> None:
     try:
-        list_presets(args.backbone)
-        if args.preset is not None and args.preset not in list_presets(args.backbone):
-            _fail("--preset", f"unknown preset {args.preset!r} for {args.backbone}; expected one of {', '.join(list_presets(args.backbone))}")
+        presets = list_presets(args.backbone)
     except UnknownBackboneError as err:
         raise ConfigError(f"--backbone: {err}") from err
-    _check_numbers(args)
-    name = _experiment_name(args)
-    saved = Path(args.storage) / name / "config.yaml"
-    if args.resume and not saved.exists():
-        _fail("--resume", f"no experiment at {saved.parent}")
-    overrides = flag_overrides(vars(args), SEARCH_FLAGS) + ["progress=false"] + args.overrides
-    cfg = OmegaConf.load(saved) if saved.exists() else compose_config(overrides)
-    space = space_from_dict(OmegaConf.to_container(cfg.search_space), str(saved)) if saved.exists() else _space(args, cfg)
-    if not saved.exists():
-        OmegaConf.set_struct(cfg, False)
-        cfg.search_space = OmegaConf.load(space.source) if Path(space.source).exists() else cfg.search_space
-        OmegaConf.set_struct(cfg, True)
-    store = load_store(cfg)
-    CropSampler(store, list(range(len(store))), cfg.dataset.crop)  # a crop larger than an image fails here
-    modes = {"both": ("bild", "plain")}.get(args.mode, (args.mode,))
+    if args.preset is not None and args.preset not in presets:
+        _fail("--preset", f"unknown preset {args.preset!r} for {args.backbone}; expected one of {', '.join(presets)}")
+
+
+def _new_experiment(args: argparse.Namespace, name: str) -> tuple[DictConfig, SearchSpace, SearchOptions]:
+    cfg = compose_config(flag_overrides(vars(args), SEARCH_FLAGS) + ["progress=false"] + args.overrides)
+    space = _space(args, cfg)
+    OmegaConf.set_struct(cfg, False)
+    cfg.search_space = OmegaConf.load(space.source)  # saved with the experiment, so a resume needs no file
+    OmegaConf.set_struct(cfg, True)
     opts = SearchOptions(
         name=name,
-        storage=args.storage,
-        modes=modes,
+        storage=str(Path(args.storage).resolve()),
+        modes={"both": ("bild", "plain")}.get(args.mode, (args.mode,)),
         trials=args.trials or space.trials,
         epochs=cfg.train.epochs,
         concurrency=args.concurrency,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
-        seed=cfg.seed if args.seed is None else args.seed,
-        address=args.address,
-        dashboard_host=args.dashboard_host,
+        seed=cfg.seed,
         max_failures=args.max_failures,
     )
+    return cfg, space, opts
+
+
+def _saved_experiment(folder: Path) -> tuple[DictConfig, SearchSpace, SearchOptions]:
+    """An earlier experiment resumes with its own config, space and options, whatever else is passed."""
+    cfg = OmegaConf.load(folder / "config.yaml")
+    space = space_from_dict(OmegaConf.to_container(cfg.search_space), str(folder / "config.yaml"))
+    saved = json.loads((folder / "search.json").read_text())
+    saved["modes"] = tuple(saved["modes"])
+    return cfg, space, SearchOptions(**saved)
+
+
+def prepare(argv: list[str]) -> tuple[DictConfig, SearchSpace, Any, SearchOptions]:
+    """Parse and validate everything (config, space, data, crops) before Ray starts."""
+    args = _parser().parse_intermixed_args(argv)
+    _check_backbone(args)
+    _check_numbers(args)
+    name = _experiment_name(args)
+    folder = Path(args.storage) / name
+    if (folder / "search.json").exists():
+        cfg, space, opts = _saved_experiment(folder)
+    elif args.resume:
+        _fail("--resume", f"no experiment at {folder}")
+    else:
+        cfg, space, opts = _new_experiment(args, name)
+    opts.address, opts.dashboard_host = args.address, args.dashboard_host  # where to run may change
+    store = load_store(cfg)
+    CropSampler(store, list(range(len(store))), cfg.dataset.crop)  # a crop larger than an image fails here
     return cfg, space, store, opts
 
 
