@@ -86,3 +86,12 @@ def test_trainer_uses_scene_disjoint_train_and_validation(tmp_path: Path) -> Non
     assert trainer.val_idx and not scenes(trainer.train_idx) & scenes(trainer.val_idx)
     held_out = scenes(trainer.splits.select) | scenes(trainer.splits.test)
     assert not (scenes(trainer.train_idx) | scenes(trainer.val_idx)) & held_out
+
+
+def test_bf16_autocast_and_channels_last_options_train(tmp_path: Path) -> None:
+    # The GPU speed options must run end to end with finite losses on any device (CPU autocast is bf16 too).
+    cfg = compose_config(["backbone=ffanet", "backbone.preset=tiny", "train.amp=true", "train.channels_last=true",
+                          "train.epochs=1", "train.steps_per_epoch=3", f"run_dir={tmp_path}", *SMALL])
+    metrics = train(cfg)
+    assert metrics["loss"] == metrics["loss"] and metrics["select_psnr"] > 0  # finite, not NaN
+    assert metrics["ess"] > 1.0
