@@ -52,7 +52,7 @@ def flag_overrides(flags: dict[str, Any], mapping: dict[str, str]) -> list[str]:
 def _hydra_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str) and any(c in value for c in " ,=[]{}'\"") :
+    if isinstance(value, str) and any(c in value for c in " ,=[]{}'\""):
         return "'" + value.replace("'", "\\'") + "'"
     return str(value)
 

@@ -17,7 +17,6 @@ import pytest
 import ray
 from ray import tune
 
-from pipeline.config import ConfigError
 from pipeline.results import EPOCH_SCHEMA, TRIAL_SCHEMA, read_table
 from pipeline.search import main, search
 from pipeline.tune import SearchSpaceError
@@ -26,10 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "aodnet", "--preset", "tiny", "train.steps_per_epoch=3", "dataset.crop=32"]
 
 
-def _builtin_image():
+def _generic_folder(root: Path, pairs: int) -> Path:
+    """Real hazed photos from the built-in data, written as a generic hazy/ + clear/ folder."""
+    from PIL import Image
+
     from pipeline.data import load_builtin
 
-    return load_builtin().hazy[0]
+    store = load_builtin()
+    for i in range(pairs):
+        hazy, clear = store.pair(i)
+        ext = ".png" if i % 2 == 0 else ".JPG"  # mixed formats and case, as users' folders are
+        for sub, image in (("hazy", hazy), ("clear", clear)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / sub / f"{i}{ext}")
+    return root
 
 
 def _argv(storage: Path, name: str, *extra: str) -> list[str]:
@@ -72,13 +81,12 @@ def test_search_both_modes_writes_parquet_that_matches_ray(tmp_path: Path) -> No
     card = promote.promote(exp, tmp_path / "models")
     best = trials.sort("best_select_psnr", descending=True).row(0, named=True)
     assert card["source"]["trial_id"] == best["trial_id"] and card["test"]["psnr"] > 0
-    hazy = tmp_path / "photos"
-    hazy.mkdir()
-    from PIL import Image
-
-    Image.fromarray(_builtin_image()).save(hazy / "street.JPG")
-    assert dehaze.main([str(hazy), "--model", str(tmp_path / "models" / "aodnet"), "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "street.JPG").exists()
+    model = tmp_path / "models" / "aodnet"
+    bench = _generic_folder(tmp_path / "bench", pairs=2)
+    rows = evaluate.evaluate(model, "generic", bench)
+    assert set(rows["method"]) == {"hazy", "dcp", "aodnet/v1"} and rows.height == 6
+    assert dehaze.main([str(bench / "hazy"), "--model", str(model), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.JPG"]
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._layers import crop_to, pad_to_multiple
 from ._registry import register_backbone
