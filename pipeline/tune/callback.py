@@ -32,8 +32,10 @@ def _float(value: Any) -> float | None:
 class ParquetResultsCallback(Callback):
     """Writes ``epochs`` and ``trials`` rows for one experiment folder."""
 
-    def __init__(self, experiment_dir: str | Path, identity: dict[str, Any], max_epochs: int) -> None:
+    def __init__(self, experiment_dir: str | Path, identity: dict[str, Any], max_epochs: int,
+                 metric: str = "select_psnr") -> None:
         self.experiment_dir = Path(experiment_dir)
+        self.metric = metric  # picks each trial's best epoch, as it picks the best trial
         self.identity = identity  # experiment, backbone, preset, dataset, fixed hyperparameters
         self.max_epochs = max_epochs
         self.rows: dict[str, dict[str, Any]] = {}
@@ -103,8 +105,8 @@ class ParquetResultsCallback(Callback):
             "last_select_ssim": ssim,
             "wall_time_s": epoch_row["wall_time_s"],
         }
-        best = row["best_select_psnr"]
-        if ckpt and psnr is not None and math.isfinite(psnr) and (best is None or psnr > best):
+        value, best = _float(result.get(self.metric)), row[f"best_{self.metric}"]
+        if ckpt and value is not None and math.isfinite(value) and (best is None or value > best):
             changes.update(best_epoch=epoch_row["epoch"], best_select_psnr=psnr, best_select_ssim=ssim,
                            best_checkpoint_path=ckpt)
         if result.get("nonfinite"):

@@ -124,7 +124,7 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
             ),
-            callbacks=[ParquetResultsCallback(opts.experiment_dir, identity, opts.epochs)],
+            callbacks=[ParquetResultsCallback(opts.experiment_dir, identity, opts.epochs, space.metric)],
             verbose=1,
         ),
     )

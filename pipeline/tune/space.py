@@ -122,8 +122,8 @@ def space_from_dict(raw: Any, source: str, cfg: DictConfig | None = None) -> Sea
     metric, mode = raw.get("metric", "select_psnr"), raw.get("mode", "max")
     if metric not in _METRICS:
         raise SearchSpaceError(f"{source}: metric={metric!r}; expected one of {', '.join(_METRICS)} (the selection set)")
-    if mode not in ("max", "min"):
-        raise SearchSpaceError(f"{source}: mode={mode!r}; expected max or min")
+    if mode != "max":
+        raise SearchSpaceError(f"{source}: mode={mode!r}; expected max (both selection metrics grow with quality)")
     trials, seed = raw.get("trials", 6), raw.get("seed", 0)
     if not isinstance(trials, int) or trials < 1:
         raise SearchSpaceError(f"{source}: trials={trials!r}; expected a positive integer")
