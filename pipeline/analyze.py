@@ -32,7 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-from .bild import Reweighter, crop_log_weights
+from .bild import build_reweighter, crop_log_weights
 from .data import to_tensor
 from .data.images import decode_image
 from .results import HYPERPARAMS, TRIAL_SCHEMA, read_table
@@ -423,12 +423,6 @@ def _draw_weights(hazy: np.ndarray, weights: np.ndarray, grid: Grid, crop: int, 
     return fig
 
 
-def _reweighter(bild: dict[str, Any]) -> Reweighter:
-    # Checkpoints older than the score bound lack it; the constructor's default is what they trained with.
-    bound = {"score_bound": bild["score_bound"]} if "score_bound" in bild else {}
-    return Reweighter(bild["reweighter_width"], bild["reweighter_depth"], **bound)
-
-
 def patch_weights(
     checkpoint: str | os.PathLike,
     hazy: str | os.PathLike,
@@ -447,7 +441,7 @@ def patch_weights(
         raise ValueError(f"checkpoint {checkpoint} has no reweighter (mode {state['config']['mode']!r}); "
                          "patch weights exist only for checkpoints of mode bild or bild-train")
     cfg = state["config"]
-    reweighter = _reweighter(cfg["bild"])
+    reweighter = build_reweighter(cfg["bild"])
     reweighter.load_state_dict(state["models"]["reweighter"])
     hazy_img, clear_img = decode_image(Path(hazy)), decode_image(Path(clear))
     if hazy_img.shape != clear_img.shape:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .data import DataError
 from .data.images import IMAGE_EXTENSIONS, decode_image, is_image_file
-from .inference import STRATEGIES, dehaze_image, resolve_device
+from .inference import STRATEGIES, add_inference_flags, dehaze_image, resolve_device
 from .models import load_model
 
 __all__ = ["collect_inputs", "dehaze_paths", "main"]
@@ -105,9 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH",
                    help="models/<backbone>[/v<N>], a model.pt, or a training checkpoint.pt")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="tile", help="how images larger than --tile are run")
-    p.add_argument("--tile", type=int, default=512, help="tile size, or the long side for resize (default 512)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_inference_flags(p)
     return p
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .baselines import dark_channel_prior
 from .data import LAYOUTS, DataError, to_tensor
 from .data.layouts import PairRef, list_pairs, load_pairs
-from .inference import STRATEGIES, dehaze_tensor, resolve_device
+from .inference import STRATEGIES, add_inference_flags, dehaze_tensor, resolve_device
 from .metrics import psnr, ssim
 from .models import load_model, model_label
 
@@ -127,10 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"native layout: auto, {', '.join(LAYOUTS)}")
     p.add_argument("--data-root", required=True, metavar="DIR", help="folder with hazy/ and clear/ (or GT/)")
     p.add_argument("--out", metavar="FILE.parquet", help="write the per-image rows here")
-    p.add_argument("--strategy", choices=STRATEGIES, default="tile", help="how images larger than --tile are run")
-    p.add_argument("--tile", type=int, default=512, help="tile size, or the long side for resize (default 512)")
     p.add_argument("--max-images", type=int, metavar="N", help="score N pairs spread over the dataset")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_inference_flags(p)
     return p
 
 

@@ -7,6 +7,7 @@ memory for O-HAZE-sized photos) or downsampled-dehazed-upsampled. Conventions as
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -17,9 +18,16 @@ from torch.nn import functional as F
 from .data import PairStore, to_tensor, to_uint8
 from .metrics import psnr, ssim
 
-__all__ = ["STRATEGIES", "resolve_device", "dehaze_tensor", "dehaze_image", "centre_crop", "score_pairs"]
+__all__ = ["STRATEGIES", "add_inference_flags", "resolve_device", "dehaze_tensor", "dehaze_image", "centre_crop", "score_pairs"]
 
 STRATEGIES = ("whole", "tile", "resize")
+
+
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """``--strategy``, ``--tile`` and ``--device``, the same for every CLI that runs a model on whole images."""
+    parser.add_argument("--strategy", choices=STRATEGIES, default="tile", help="how images larger than --tile are run")
+    parser.add_argument("--tile", type=int, default=512, help="tile size, or the long side for resize (default 512)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
 def resolve_device(name: str) -> torch.device:

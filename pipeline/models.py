@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .backbones import build_from_kwargs
-from .train import CHECKPOINT_FORMAT
+from .train import CHECKPOINT_FORMAT, load_checkpoint
 
 __all__ = [
     "MODEL_FORMAT",
@@ -71,17 +71,6 @@ def resolve_model_file(path: str | os.PathLike) -> Path:
     )
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"model {path} could not be read ({err})") from err
-    formats = (MODEL_FORMAT, CHECKPOINT_FORMAT)
-    if not isinstance(state, dict) or state.get("format") not in formats:
-        raise ValueError(f"{path} is not a model file; expected one of the formats {', '.join(formats)}")
-    return state
-
-
 def _meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     """The card beside a promoted model, else what the file itself says about the model."""
     card = path.parent / CARD_FILE
@@ -97,7 +86,7 @@ def _meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """(backbone in eval mode on the CPU, its card or metadata) from any form :func:`resolve_model_file` takes."""
     file = resolve_model_file(path)
-    state = _read(file)
+    state = load_checkpoint(file, (MODEL_FORMAT, CHECKPOINT_FORMAT))
     backbone = state["backbone"]
     model = build_from_kwargs(backbone["name"], backbone["kwargs"])
     weights = state["state_dict"] if state["format"] == MODEL_FORMAT else state["models"]["backbone"]

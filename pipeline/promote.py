@@ -32,7 +32,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from . import __version__
@@ -41,7 +40,7 @@ from .config import REPO_ROOT
 from .data import PairStore, Splits, load_dataset, split_by_scene
 from .inference import resolve_device, score_pairs
 from .models import CARD_FILE, LATEST_FILE, MODEL_FILE, load_model, save_model
-from .results import HYPERPARAMS, read_table
+from .results import HYPERPARAMS, read_table, write_rows
 from .train import load_checkpoint
 
 __all__ = ["CARD_FORMAT", "INDEX_SCHEMA", "NoFinishedTrialError", "best_trial", "promote", "write_index", "main"]
@@ -200,11 +199,7 @@ def write_index(models_dir: str | os.PathLike) -> Path:
     cards = sorted(models_dir.glob(f"*/v*/{CARD_FILE}"))
     rows = [_index_row(json.loads(c.read_text()), c.parent) for c in cards]
     rows.sort(key=lambda r: (r["backbone"], int(r["version"][1:])))
-    path = models_dir / "index.parquet"
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), tmp)
-    os.replace(tmp, path)
-    return path
+    return write_rows(models_dir / "index.parquet", rows, INDEX_SCHEMA)
 
 
 def _card(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check: dict[str, Any],

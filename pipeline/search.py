@@ -23,9 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbones import UnknownBackboneError, list_backbones, list_presets
 from .config import REPO_ROOT, ConfigError, compose_config, flag_overrides
-from .data import CropSampler, DataError
 from .train import Trainer, load_store
-from .tune import SearchOptions, SearchSpaceError, load_search_space, run_search, start_ray
+from .tune import SearchOptions, load_search_space, run_search, start_ray
 from .tune.space import SearchSpace, space_from_dict
 
 __all__ = ["main", "prepare", "search"]
@@ -157,14 +156,13 @@ def prepare(argv: list[str]) -> tuple[DictConfig, SearchSpace, Any, SearchOption
         cfg, space, opts = _new_experiment(args, name)
     opts.address, opts.dashboard_host = args.address, args.dashboard_host  # where to run may change
     store = load_store(cfg)
-    CropSampler(store, list(range(len(store))), cfg.dataset.crop)  # a crop larger than an image fails here
+    Trainer(cfg, store)  # builds data splits, crops and networks once: a bad config fails before Ray
     return cfg, space, store, opts
 
 
 def search(argv: list[str]) -> dict[str, Any]:
     """Validate, start or join Ray, run the search, and return its summary."""
     cfg, space, store, opts = prepare(argv)
-    Trainer(cfg, store)  # builds the networks once on the driver: a bad config fails before Ray
     ray_info = start_ray(opts)
     print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
     print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
@@ -195,7 +193,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         summary = search(sys.argv[1:] if argv is None else argv)
-    except (ConfigError, SearchSpaceError, DataError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # ConfigError, SearchSpaceError, DataError among them
         print(f"error: {err}", file=sys.stderr)
         return 2
     _print_summary(summary)

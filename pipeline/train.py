@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .backbones import backbone_kwargs, build_from_kwargs
-from .bild import BildConfig, BildNets, CropBatch, NonFiniteLossError, Reweighter, bild_step
+from .bild import BildConfig, BildNets, CropBatch, NonFiniteLossError, bild_step, build_reweighter
 from .config import ConfigError, compose_config, flag_overrides
 from .data import CropSampler, PairStore, load_dataset, split_by_scene, split_train_val
 from .inference import resolve_device, score_pairs
@@ -76,8 +76,7 @@ class Trainer:
         inner_opt = torch.optim.Adam(self.backbone.parameters(), lr=tr.inner_lr, betas=(0.9, 0.999))
         self.nets = BildNets(self.backbone, inner_opt)
         if cfg.mode != "plain":
-            reweighter = Reweighter(cfg.bild.reweighter_width, cfg.bild.reweighter_depth, cfg.bild.score_bound)
-            reweighter = reweighter.to(self.device)
+            reweighter = build_reweighter(cfg.bild).to(self.device)
             self.nets.reweighter = reweighter
             self.nets.outer_opt = torch.optim.Adam(reweighter.parameters(), lr=tr.outer_lr, betas=(0.9, 0.999))
         self.train_crops = CropSampler(self.store, self.train_idx, ds.crop, flips=ds.flips)
@@ -190,17 +189,17 @@ class Trainer:
         self.load_state_dict(load_checkpoint(path))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :meth:`Trainer.save`, with a clear error if it is not one."""
+def load_checkpoint(path: str | os.PathLike, formats: tuple[str, ...] = (CHECKPOINT_FORMAT,)) -> dict[str, Any]:
+    """Read a file written by :meth:`Trainer.save` (or another of ``formats``), with a clear error if it is not one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise ValueError(f"checkpoint {path} could not be read ({err}); expected a file from pipeline.train") from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+        raise ValueError(f"{path} could not be read ({err}); expected one of the formats {', '.join(formats)}") from err
+    if not isinstance(state, dict) or state.get("format") not in formats:
+        raise ValueError(f"{path} is not a model file; expected one of the formats {', '.join(formats)}")
     return state
 
 

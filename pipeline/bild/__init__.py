@@ -5,7 +5,7 @@ estimates the per-crop alignment d_i; ``reweighter.py`` is the policy f_phi.
 """
 
 from .alignment import ESTIMATORS, alignment_fd, alignment_jvp, alignment_loop, per_crop_l1
-from .reweighter import WEIGHTINGS, Reweighter, crop_log_weights
+from .reweighter import WEIGHTINGS, Reweighter, build_reweighter, crop_log_weights
 from .step import (
     MODES,
     REWARD_NORMS,
@@ -35,6 +35,7 @@ __all__ = [
     "alignment_jvp",
     "alignment_loop",
     "bild_step",
+    "build_reweighter",
     "crop_log_weights",
     "crop_rewards",
     "entropy_grad",

@@ -7,12 +7,14 @@ It only ever exists during training; a promoted model is the backbone alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Reweighter", "crop_log_weights", "WEIGHTINGS"]
+__all__ = ["Reweighter", "build_reweighter", "crop_log_weights", "WEIGHTINGS"]
 
 WEIGHTINGS = ("softmax", "sigmoid")
 
@@ -50,6 +52,11 @@ class Reweighter(nn.Module):
         pooled = F.adaptive_avg_pool2d(self.features(stacked), 1).flatten(1)  # (n,C)
         raw = self.head(pooled).squeeze(1)  # (n,)
         return self.score_bound * torch.tanh((raw - raw.mean()) / self.score_bound)
+
+
+def build_reweighter(bild: Mapping[str, Any]) -> Reweighter:
+    """The reweighter a config's ``bild`` block describes (training and checkpoint readers alike)."""
+    return Reweighter(bild["reweighter_width"], bild["reweighter_depth"], bild["score_bound"])
 
 
 def crop_log_weights(scores: torch.Tensor, *, temperature: float = 1.0, kind: str = "softmax") -> torch.Tensor:
