@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .backbones import backbone_kwargs, build_from_kwargs
-from .bild import BildConfig, BildNets, CropBatch, NonFiniteLossError, bild_step, build_reweighter
+from .bild import BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
 from .config import ConfigError, compose_config, flag_overrides
 from .data import CropSampler, PairStore, load_dataset, split_by_scene, split_train_val
 from .inference import resolve_device, score_pairs
@@ -58,7 +59,8 @@ def _bild_config(cfg: DictConfig) -> BildConfig:
 class Trainer:
     """One training run: build from a config (and optionally a shared store), step, evaluate, save."""
 
-    def __init__(self, cfg: DictConfig, store: PairStore | None = None) -> None:
+    def __init__(self, cfg: DictConfig, store: PairStore | None = None, *, train_pairs: list[int] | None = None) -> None:
+        """``train_pairs`` replaces the mode's training split with these pool pairs (analyses only)."""
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.bild_cfg = _bild_config(cfg)  # validates mode, estimator, ... before any work
@@ -68,6 +70,8 @@ class Trainer:
             self.store, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction, seed=ds.split_seed
         )
         self.train_idx, self.val_idx = self._train_val(tr.val_fraction)
+        if train_pairs is not None:
+            self.train_idx = list(train_pairs)
         torch.manual_seed(cfg.seed)
         self.backbone_kwargs = backbone_kwargs(cfg.backbone.name, cfg.backbone.preset)
         self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs).to(self.device)
@@ -95,8 +99,8 @@ class Trainer:
 
     def _batch(self) -> CropBatch:
         tr = self.cfg.train
-        hazy, clear = self.train_crops.sample(tr.batch_size, self.rng)
-        batch = CropBatch(hazy.to(self.device), clear.to(self.device))
+        pairs, hazy, clear = self.train_crops.sample_with_pairs(tr.batch_size, self.rng)
+        batch = CropBatch(hazy.to(self.device), clear.to(self.device), pairs=pairs)
         if self.val_crops is not None:
             val_hazy, val_clear = self.val_crops.sample(tr.val_batch_size, self.rng)
             batch.val_hazy, batch.val_clear = val_hazy.to(self.device), val_clear.to(self.device)
@@ -107,8 +111,14 @@ class Trainer:
                     setattr(batch, name, value.contiguous(memory_format=torch.channels_last))
         return batch
 
-    def train_epoch(self, progress: bool = False) -> dict[str, float]:
-        """Run ``train.steps_per_epoch`` steps; return the epoch's mean step statistics."""
+    def train_epoch(
+        self, progress: bool = False, on_step: Callable[[CropBatch, StepStats], None] | None = None
+    ) -> dict[str, float]:
+        """Run ``train.steps_per_epoch`` steps; return the epoch's mean step statistics.
+
+        ``on_step(batch, stats)`` sees every step's crops and per-crop weights and alignments
+        (for analyses such as ``pipeline.wrong_targets``); it must not change them.
+        """
         self.backbone.train()
         steps = self.cfg.train.steps_per_epoch
         sums: dict[str, float] = {}
@@ -116,10 +126,13 @@ class Trainer:
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}", leave=False, disable=not progress)
         for _ in bar:
             try:
-                stats = bild_step(self._batch(), self.nets, self.bild_cfg)
+                batch = self._batch()
+                stats = bild_step(batch, self.nets, self.bild_cfg)
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"epoch {self.epoch + 1}, step {self.step + 1}: {err}") from err
             self.step += 1
+            if on_step is not None:
+                on_step(batch, stats)
             for key in STEP_STATS:
                 sums[key] = sums.get(key, 0.0) + getattr(stats, key)
             for stage, seconds in stats.times.items():

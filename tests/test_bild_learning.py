@@ -1,17 +1,21 @@
 """BILD learns something checkable: it down-weights training pairs whose target is wrong.
 
 30% of the training pool's pairs get the clear image of another scene as their target
-(pipeline/wrong_targets.py). After 300 CPU steps the reweighter's mean weight on those
-pairs must be clearly below its mean weight on the right ones.
+(pipeline/wrong_targets.py). After 300 CPU steps the per-crop reward must carry the signal
+(right crops' alignments beat wrong ones' more often than not) and the reweighter's mean
+weight on the wrong pairs must be clearly below its mean weight on the right ones.
 """
 
 from __future__ import annotations
 
-from pipeline.wrong_targets import run_wrong_targets
+import numpy as np
+import pytest
+
+from pipeline.wrong_targets import reward_auc, run_wrong_targets
 
 # A validation split that holds enough scenes (30%) and batches of m = 10 validation crops
 # make g_v representative; with m = 4 crops from 10% of 57 scenes the per-crop alignment
-# mostly measures likeness to a handful of validation scenes (README, "Does it learn?").
+# mostly measures likeness to a handful of validation scenes (README, "Does BILD learn?").
 SETTINGS = [
     "backbone=ffanet",
     "backbone.preset=tiny",
@@ -25,5 +29,15 @@ SETTINGS = [
 def test_reweighter_down_weights_wrong_targets() -> None:
     result = run_wrong_targets(SETTINGS, fraction=0.3, seed=0)
     print(result)  # the PSNR of both modes is measured too; see benchmarks/wrong_targets.py
+    assert result["reward_auc"] > 0.55, result
     assert result["weight_wrong"] < 0.85 * result["weight_right"], result
     assert result["bild_ess"] > 2.0, "the bounded scores must keep the weights off a few crops"
+
+
+def test_reward_auc_compares_crops_within_each_batch() -> None:
+    wrong = np.array([False, False, True])
+    # Step 1: both right crops beat the wrong one. Step 2, on a 100x larger scale: one of two does.
+    steps = [(np.array([0.3, 0.2, 0.1]), wrong), (np.array([-50.0, 10.0, 0.0]), wrong)]
+    assert reward_auc(steps) == pytest.approx(3 / 4)
+    assert reward_auc([(np.array([1.0, 1.0]), np.array([False, True]))]) == 0.5  # a tie counts half
+    assert np.isnan(reward_auc([(np.array([1.0, 2.0]), np.array([False, False]))]))  # no wrong crop: undefined

@@ -169,6 +169,10 @@ def test_bild_step_moves_the_reweighter_and_reports_stats() -> None:
     assert set(stats.times) == {"inner", "val_grad", "reward", "outer"}
     assert 1.0 <= stats.ess <= 6.0 + 1e-6 and stats.max_weight >= 1.0 - 1e-6
     assert stats.weight_entropy <= np.log(6) + 1e-6
+    # Per-crop statistics line up with the batch: the weights the inner step used, one d_i per crop.
+    assert stats.crop_weights.shape == stats.crop_align.shape == (6,)
+    assert abs(stats.crop_weights.sum().item() - 6.0) < 1e-4 and stats.crop_weights.max().item() == stats.max_weight
+    assert abs(stats.crop_align.mean().item() - stats.align_mean) < 1e-6
 
 
 def test_plain_step_uses_uniform_weights() -> None:

@@ -95,3 +95,31 @@ def test_bf16_autocast_and_channels_last_options_train(tmp_path: Path) -> None:
     metrics = train(cfg)
     assert metrics["loss"] == metrics["loss"] and metrics["select_psnr"] > 0  # finite, not NaN
     assert metrics["ess"] > 1.0
+
+
+def test_on_step_sees_each_batch_with_its_pairs_and_per_crop_stats() -> None:
+    # pipeline.wrong_targets relies on this: which pairs a step drew, and what BILD made of each crop.
+    trainer = Trainer(compose_config(["train.steps_per_epoch=3", "train.batch_size=5", *SMALL]))
+    seen = []
+    trainer.train_epoch(on_step=lambda batch, stats: seen.append((batch, stats)))
+    assert len(seen) == 3
+    for batch, stats in seen:
+        assert len(batch.pairs) == 5 and set(batch.pairs) <= set(trainer.train_idx)
+        first = trainer.store.pair(batch.pairs[0])[1]  # the clear image the first crop was cut from
+        crop = (batch.clear[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        assert any(_contains(first[:, ::step], crop) for step in (1, -1))
+        assert stats.crop_weights.shape == stats.crop_align.shape == (5,)
+
+
+def _contains(image, crop) -> bool:
+    """Whether ``crop`` (S x S x 3) appears at some offset of ``image`` (H x W x 3)."""
+    s = crop.shape[0]
+    h, w = image.shape[:2]
+    return any((image[t : t + s, x : x + s] == crop).all() for t in range(h - s + 1) for x in range(w - s + 1))
+
+
+def test_train_pairs_replace_the_training_split() -> None:
+    cfg = compose_config(["mode=plain", *SMALL])
+    pool = Trainer(cfg).splits.train_pool
+    trainer = Trainer(cfg, train_pairs=pool[:4])
+    assert trainer.train_idx == pool[:4] and trainer.train_crops.indices == pool[:4]

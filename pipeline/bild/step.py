@@ -68,6 +68,7 @@ class CropBatch:
     clear: torch.Tensor  # (n,3,S,S)
     val_hazy: torch.Tensor | None = None  # (m,3,S,S)
     val_clear: torch.Tensor | None = None  # (m,3,S,S)
+    pairs: list[int] | None = None  # store index of each training crop's pair, when the caller knows it
 
 
 @dataclass
@@ -119,6 +120,8 @@ class StepStats:
     weight_entropy: float = math.nan  # H(w / n) in nats; log n means uniform
     ess: float = math.nan  # effective sample size (sum w)^2 / sum w^2, n means uniform
     max_weight: float = math.nan
+    crop_weights: torch.Tensor | None = None  # w (n,), detached: per-crop analysis (which crops BILD favours)
+    crop_align: torch.Tensor | None = None  # d (n,) before any normalisation, detached
     times: dict[str, float] = field(default_factory=dict)  # seconds per stage
     estimator: str = ""
 
@@ -234,6 +237,7 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig) -> StepStats:
     stats.weight_entropy = -(p * log_p).sum().item()
     stats.ess = (weights.sum() ** 2 / (weights**2).sum()).item()
     stats.max_weight = weights.max().item()
+    stats.crop_weights, stats.crop_align = weights, align.detach()
     stats.times = clock.times
     return stats
 

@@ -58,6 +58,11 @@ class CropSampler:
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(hazy, clear) float32 tensors (n, 3, S, S) in [0, 1]; pairs drawn uniformly with replacement."""
+        _, hazy, clear = self.sample_with_pairs(n, rng)
+        return hazy, clear
+
+    def sample_with_pairs(self, n: int, rng: np.random.Generator) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """Like `sample`, with the store index of each crop's pair first (for per-pair analysis)."""
         s = self.crop_size
         picks = rng.integers(len(self.indices), size=n)
         u = rng.random((n, 3))  # top, left, flip
@@ -71,7 +76,7 @@ class CropSampler:
             step = -1 if self.flips and u[k, 2] < 0.5 else 1
             hazy[k] = h_img[window][:, ::step]
             clear[k] = c_img[window][:, ::step]
-        return _batch(hazy), _batch(clear)
+        return [self.indices[p] for p in picks], _batch(hazy), _batch(clear)
 
 
 def _batch(crops: np.ndarray) -> torch.Tensor:
