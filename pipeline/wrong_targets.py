@@ -90,7 +90,13 @@ def run_wrong_targets(
     targets = bild_split.splits.train_pool if corrupt == "pool" else bild_split.train_idx
     store, wrong = corrupt_targets(store, targets, fraction, seed)
     wrong_set = set(wrong)
-    result: dict[str, Any] = {"overrides": overrides, "seed": seed, "wrong_fraction": fraction, "corrupt": corrupt}
+    result: dict[str, Any] = {
+        "overrides": overrides,
+        "seed": seed,
+        "wrong_fraction": fraction,
+        "corrupt": corrupt,
+        "wrong_in_val": len(wrong_set & set(bild_split.val_idx)),  # wrong pairs BILD's outer loop sees
+    }
 
     runs: dict[str, tuple[str, list[int] | None]] = {"plain": ("plain", None), "bild": ("bild", None)}
     if bounds:

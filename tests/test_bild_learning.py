@@ -41,3 +41,14 @@ def test_reward_auc_compares_crops_within_each_batch() -> None:
     assert reward_auc(steps) == pytest.approx(3 / 4)
     assert reward_auc([(np.array([1.0, 1.0]), np.array([False, True]))]) == 0.5  # a tie counts half
     assert np.isnan(reward_auc([(np.array([1.0, 2.0]), np.array([False, False]))]))  # no wrong crop: undefined
+
+
+@pytest.mark.parametrize("corrupt", ["pool", "train"])
+def test_bounds_and_corruption_modes_run_the_way_the_benchmark_does(corrupt: str) -> None:
+    steps = ["backbone=aodnet", "backbone.preset=tiny", "train.steps_per_epoch=4", "dataset.crop=32", "train.val_fraction=0.3"]
+    result = run_wrong_targets(steps, seed=1, corrupt=corrupt, bounds=True)
+    for run in ("plain", "bild", "uniform", "oracle"):
+        assert result[f"{run}_select_psnr"] > 0
+    assert 0.0 <= result["reward_auc"] <= 1.0
+    # A trusted validation split holds no wrong pair; one drawn from a corrupted pool does.
+    assert (result["wrong_in_val"] == 0) == (corrupt == "train")
