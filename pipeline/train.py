@@ -52,6 +52,7 @@ def _bild_config(cfg: DictConfig) -> BildConfig:
         weighting=b.weighting,
         estimator=b.estimator,
         reward_norm=b.reward_norm,
+        regulariser=b.get("regulariser", "entropy"),  # configs saved before the option existed
         amp=cfg.train.amp,
     )
 

@@ -18,6 +18,7 @@ Used by ``tests/test_bild_learning.py`` and ``benchmarks/wrong_targets.py``.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,7 @@ def run_wrong_targets(
         result[f"{name}_select_psnr"] = trainer.evaluate("select")["select_psnr"]
         if name == "bild":
             result["bild_ess"] = stats["ess"]
-            result["weight_wrong"], result["weight_right"] = mean_weights(trainer, wrong)
+            # With fraction 0 (the uncorrupted control) there is no wrong pair to weigh.
+            result["weight_wrong"], result["weight_right"] = mean_weights(trainer, wrong) if wrong else (math.nan,) * 2
             result["reward_auc"] = reward_auc(rewards)
     return result

@@ -24,6 +24,7 @@ from pipeline.bild import (
     entropy_grad,
     per_crop_l1,
     policy_loss,
+    regulariser_pull,
 )
 
 
@@ -108,10 +109,40 @@ def test_entropy_grad_matches_autograd() -> None:
     assert torch.allclose(entropy_grad(w.detach().log()), expected, atol=1e-12)
 
 
-def test_rewards_stay_finite_when_a_weight_underflows() -> None:
+def _neg_entropy(w: torch.Tensor) -> torch.Tensor:
+    p = w / w.sum()
+    return (p * p.log()).sum()
+
+
+def _kl_from_uniform(w: torch.Tensor) -> torch.Tensor:
+    p = w / w.sum()
+    return -(p * w.numel()).log().mean()
+
+
+@pytest.mark.parametrize(("kind", "omega"), [("entropy", _neg_entropy), ("uniform_kl", _kl_from_uniform)])
+def test_regulariser_pull_is_w_times_the_gradient_of_omega(kind: str, omega) -> None:
+    w = (torch.rand(7, dtype=torch.float64) + 0.1).requires_grad_(True)
+    (grad,) = torch.autograd.grad(omega(w), w)
+    assert torch.allclose(regulariser_pull(w.detach().log(), kind), w.detach() * grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["entropy", "uniform_kl"])
+def test_rewards_stay_finite_when_a_weight_underflows(kind: str) -> None:
     log_w = torch.tensor([0.0, 0.0, -800.0]) + torch.log(torch.tensor(3.0 / 2))
     assert log_w.exp()[2] == 0
-    assert torch.isfinite(crop_rewards(log_w, torch.tensor([1.0, 0.0, -1.0]), 0.5, "batch")).all()
+    assert torch.isfinite(crop_rewards(log_w, torch.tensor([1.0, 0.0, -1.0]), 0.5, "batch", kind)).all()
+
+
+def test_only_the_uniform_kl_pulls_a_collapsed_weight_back() -> None:
+    # Two crops share the weight, the third has almost none; the rewards carry no signal.
+    scores = torch.tensor([0.0, 0.0, -12.0], requires_grad=True)
+    pulls = {}
+    for kind in ("entropy", "uniform_kl"):
+        log_w = crop_log_weights(scores)
+        loss = policy_loss(crop_rewards(log_w.detach(), torch.zeros(3), 1.0, "none", kind), log_w)
+        (grad,) = torch.autograd.grad(loss, scores)
+        pulls[kind] = -grad[2].item()  # how fast a descent step raises the collapsed crop's score
+    assert abs(pulls["entropy"]) < 1e-4 < pulls["uniform_kl"]
 
 
 def _policy_grad(align: torch.Tensor, entropy_coef: float = 0.0) -> list[torch.Tensor]:
@@ -135,28 +166,36 @@ def test_per_crop_signal_gives_nonzero_policy_gradient() -> None:
     assert max(g.abs().max().item() for g in grads) > 1e-3
 
 
-def _trained_weights(entropy_coef: float, steps: int = 300) -> torch.Tensor:
+def _trained_weights(entropy_coef: float, steps: int = 300, regulariser: str = "entropy") -> torch.Tensor:
     """Free scores as the policy, a fixed reward favouring the first two of eight crops."""
     scores = torch.zeros(8, requires_grad=True)
     opt = torch.optim.Adam([scores], lr=0.1)
     align = torch.tensor([1.0, 1.0, -1, -1, -1, -1, -1, -1])
     for _ in range(steps):
         log_w = crop_log_weights(scores)
-        loss = policy_loss(crop_rewards(log_w.detach(), align, entropy_coef, "batch"), log_w)
+        loss = policy_loss(crop_rewards(log_w.detach(), align, entropy_coef, "batch", regulariser), log_w)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return crop_log_weights(scores).exp().detach()
 
 
-def test_large_alpha_keeps_weights_uniform() -> None:
-    weights = _trained_weights(entropy_coef=1e3)
+@pytest.mark.parametrize("regulariser", ["entropy", "uniform_kl"])
+def test_large_alpha_keeps_weights_uniform(regulariser: str) -> None:
+    weights = _trained_weights(entropy_coef=1e3, regulariser=regulariser)
     assert (weights - 1).abs().max() < 0.05
 
 
-def test_zero_alpha_concentrates_weights_on_rewarded_crops() -> None:
-    weights = _trained_weights(entropy_coef=0.0)
+@pytest.mark.parametrize("regulariser", ["entropy", "uniform_kl"])
+def test_zero_alpha_concentrates_weights_on_rewarded_crops(regulariser: str) -> None:
+    weights = _trained_weights(entropy_coef=0.0, regulariser=regulariser)
     assert weights[:2].sum() > 0.95 * 8
+
+
+def test_moderate_uniform_kl_keeps_every_weight_off_zero() -> None:
+    # The log barrier's equilibrium: the unrewarded crops keep a finite share, unlike alpha = 0.
+    weights = _trained_weights(entropy_coef=1.0, regulariser="uniform_kl", steps=600)
+    assert weights[:2].min() > weights[2:].max() and weights[2:].min() > 0.05
 
 
 def test_bild_step_moves_the_reweighter_and_reports_stats() -> None:
@@ -198,3 +237,23 @@ def test_nan_loss_stops_before_touching_parameters() -> None:
 def test_bad_bild_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="estimator='magic'"):
         BildConfig(estimator="magic")
+    with pytest.raises(ValueError, match="regulariser='l2'"):
+        BildConfig(regulariser="l2")
+
+
+def test_unbounded_batch_normalised_reweighter_scores_and_trains() -> None:
+    torch.manual_seed(0)
+    reweighter = Reweighter(width=4, depth=2, score_bound=0, feature_norm="batch")
+    torch.nn.init.normal_(reweighter.head.weight, std=10.0)
+    hazy, clear = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
+    scores = reweighter(hazy, clear)
+    assert abs(scores.mean().item()) < 1e-5 and scores.abs().max() > 3.0  # centred, no tanh bound
+    assert reweighter(hazy[:1], clear[:1]).tolist() == [0.0]  # a lone crop: weight 1, no batch statistics
+    with pytest.raises(ValueError, match="feature_norm='layer'"):
+        Reweighter(feature_norm="layer")
+    nets = _tiny_nets("aodnet", 1e-1)
+    nets.reweighter = reweighter
+    nets.outer_opt = torch.optim.Adam(reweighter.parameters(), 1e-1)
+    batch = CropBatch(hazy, clear, torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16))
+    stats = bild_step(batch, nets, BildConfig(regulariser="uniform_kl"))
+    assert np.isfinite(stats.reward_mean) and 1.0 <= stats.ess <= 6.0 + 1e-6

@@ -8,6 +8,7 @@ from .alignment import ESTIMATORS, alignment_fd, alignment_jvp, alignment_loop, 
 from .reweighter import WEIGHTINGS, Reweighter, build_reweighter, crop_log_weights
 from .step import (
     MODES,
+    REGULARISERS,
     REWARD_NORMS,
     BildConfig,
     BildNets,
@@ -18,11 +19,13 @@ from .step import (
     crop_rewards,
     entropy_grad,
     policy_loss,
+    regulariser_pull,
 )
 
 __all__ = [
     "ESTIMATORS",
     "MODES",
+    "REGULARISERS",
     "REWARD_NORMS",
     "WEIGHTINGS",
     "BildConfig",
@@ -41,4 +44,5 @@ __all__ = [
     "entropy_grad",
     "per_crop_l1",
     "policy_loss",
+    "regulariser_pull",
 ]

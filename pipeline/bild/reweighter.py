@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Reweighter", "build_reweighter", "crop_log_weights", "WEIGHTINGS"]
+__all__ = ["FEATURE_NORMS", "WEIGHTINGS", "Reweighter", "build_reweighter", "crop_log_weights"]
 
 WEIGHTINGS = ("softmax", "sigmoid")
+FEATURE_NORMS = ("none", "batch")
 
 
 class Reweighter(nn.Module):
@@ -24,15 +25,23 @@ class Reweighter(nn.Module):
 
     Kept deliberately cheap: it runs on every training crop of every BILD step, so its
     cost is part of the step-cost budget (DESIGN.md section 5).
+
+    ``score_bound`` b > 0 maps scores into [-b, b] with a tanh (weight ratios up to e^(2b));
+    0 leaves them unbounded, for a regulariser that bounds the weights itself (``uniform_kl``).
+    ``feature_norm="batch"`` standardises the pooled features over the batch, so that the
+    head's learning rate means the same whatever scale the convolutions start at.
     """
 
-    def __init__(self, width: int = 16, depth: int = 3, score_bound: float = 3.0) -> None:
+    def __init__(self, width: int = 16, depth: int = 3, score_bound: float = 3.0, feature_norm: str = "none") -> None:
         super().__init__()
-        # Scores live in [-bound, bound] around the batch mean (weight ratios up to e^(2 bound)).
-        # An unbounded score lets a few Adam steps saturate the softmax, after which w_i ~ 0 gets
-        # no gradient (R_i has a factor w_i) and not even the entropy term brings the crop back.
-        # Centring first costs nothing (softmax ignores a common shift) and stops every score
-        # drifting into the same flat end of the tanh.
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"reweighter feature_norm={feature_norm!r}; expected one of {', '.join(FEATURE_NORMS)}")
+        if score_bound < 0:
+            raise ValueError(f"reweighter score_bound={score_bound}; expected > 0, or 0 for unbounded scores")
+        # An unbounded score with the entropy regulariser lets a few Adam steps saturate the softmax,
+        # after which w_i ~ 0 gets no gradient (R_i has a factor w_i) and not even the entropy term
+        # brings the crop back. Centring first costs nothing (softmax ignores a common shift) and
+        # stops every score drifting into the same flat end of the tanh.
         self.score_bound = score_bound
         layers: list[nn.Module] = []
         channels = 6
@@ -41,6 +50,7 @@ class Reweighter(nn.Module):
             layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.LeakyReLU(0.1)]
             channels = out
         self.features = nn.Sequential(*layers)
+        self.feature_norm = nn.BatchNorm1d(channels, affine=False) if feature_norm == "batch" else nn.Identity()
         self.head = nn.Linear(channels, 1)
         # Start from uniform weights: every crop scores 0 until the rewards say otherwise.
         nn.init.zeros_(self.head.weight)
@@ -48,15 +58,25 @@ class Reweighter(nn.Module):
 
     def forward(self, hazy: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:
         """(n,3,H,W) x2 -> scores (n,), relative to the batch (only differences matter to the weights)."""
+        if hazy.shape[0] == 1:  # one crop: its weight is 1 whatever it scores (and batch statistics need two)
+            return hazy.new_zeros(1)
         stacked = torch.cat([hazy, clear], dim=1)  # (n,6,H,W)
         pooled = F.adaptive_avg_pool2d(self.features(stacked), 1).flatten(1)  # (n,C)
-        raw = self.head(pooled).squeeze(1)  # (n,)
-        return self.score_bound * torch.tanh((raw - raw.mean()) / self.score_bound)
+        raw = self.head(self.feature_norm(pooled)).squeeze(1)  # (n,)
+        centred = raw - raw.mean()
+        if self.score_bound == 0:
+            return centred
+        return self.score_bound * torch.tanh(centred / self.score_bound)
 
 
 def build_reweighter(bild: Mapping[str, Any]) -> Reweighter:
     """The reweighter a config's ``bild`` block describes (training and checkpoint readers alike)."""
-    return Reweighter(bild["reweighter_width"], bild["reweighter_depth"], bild["score_bound"])
+    return Reweighter(
+        bild["reweighter_width"],
+        bild["reweighter_depth"],
+        bild["score_bound"],
+        bild.get("reweighter_norm", "none"),  # configs saved before the option existed
+    )
 
 
 def crop_log_weights(scores: torch.Tensor, *, temperature: float = 1.0, kind: str = "softmax") -> torch.Tensor:

@@ -7,7 +7,8 @@ Symbols -> names:
   l_i(theta)       ``crop_losses``             mean |f_theta(x_i) - y_i| of training crop i
   g_v              ``grad_val``                grad_theta of the mean validation loss at theta_t
   d_i              ``alignment``               < g_v , grad_theta l_i(theta_{t-1}) >
-  Omega(w)         ``neg_entropy``             -H(w / sum w): minimising it spreads the weights
+  Omega(w)         ``cfg.regulariser``         -H(w / sum w) (the paper's), or KL(uniform || w / sum w):
+                                               minimising either spreads the weights
   alpha            ``cfg.entropy_coef``
   R_i              ``rewards``                 w_i * (d_i - alpha * dOmega/dw_i)      (eq. 6)
   eta_1, eta_2     inner / outer learning rates (live in the two optimisers)
@@ -48,10 +49,12 @@ __all__ = [
     "entropy_grad",
     "crop_rewards",
     "policy_loss",
+    "regulariser_pull",
 ]
 
 MODES = ("plain", "bild", "bild-train")
 REWARD_NORMS = ("none", "batch")
+REGULARISERS = ("entropy", "uniform_kl")
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class BildConfig:
     weighting: str = "softmax"  # or "sigmoid" (normalised)
     estimator: str = "fd"  # "fd" | "jvp" | "loop"
     reward_norm: str = "batch"  # standardise d within the batch before eq. 6
+    regulariser: str = "entropy"  # Omega: "entropy" (-H, the paper's) | "uniform_kl" (KL(u || p), a log barrier)
     amp: bool = False  # bf16 autocast for the backbone's forward passes
     sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
 
@@ -97,6 +101,7 @@ class BildConfig:
             ("mode", self.mode, MODES),
             ("estimator", self.estimator, ESTIMATORS),
             ("reward_norm", self.reward_norm, REWARD_NORMS),
+            ("regulariser", self.regulariser, REGULARISERS),
             ("weighting", self.weighting, ("softmax", "sigmoid")),
         ]:
             if value not in valid:
@@ -136,13 +141,32 @@ def entropy_grad(log_weights: torch.Tensor) -> torch.Tensor:
     return (log_p + entropy) / log_weights.exp().sum()
 
 
-def crop_rewards(log_weights: torch.Tensor, align: torch.Tensor, entropy_coef: float, reward_norm: str) -> torch.Tensor:
+def regulariser_pull(log_weights: torch.Tensor, kind: str = "entropy") -> torch.Tensor:
+    """w_i * dOmega/dw_i, the regulariser's share of eq. 6 (R_i = w_i d_i - alpha * this). (n,) -> (n,).
+
+    With p = w / sum w:
+    - ``entropy``, Omega = -H(p): p_i (log p_i + H). It vanishes as p_i -> 0, so a crop whose
+      weight has collapsed gets no pull back.
+    - ``uniform_kl``, Omega = KL(u || p) = -(1/n) sum log(n p_i): p_i - 1/n. A log barrier:
+      the pull up on a collapsing weight tends to 1/n instead of 0.
+    """
+    log_p = log_weights - torch.logsumexp(log_weights, dim=0)
+    if kind == "entropy":
+        return log_weights.exp() * entropy_grad(log_weights)
+    if kind == "uniform_kl":
+        return log_p.exp() - 1.0 / log_weights.numel()
+    raise ValueError(f"unknown regulariser {kind!r}; expected one of {', '.join(REGULARISERS)}")
+
+
+def crop_rewards(
+    log_weights: torch.Tensor, align: torch.Tensor, entropy_coef: float, reward_norm: str, regulariser: str = "entropy"
+) -> torch.Tensor:
     """Eq. 6, per crop: R_i = w_i * (d_i - alpha * dOmega/dw_i). Inputs detached, (n,) -> (n,)."""
     if reward_norm == "batch" and align.numel() > 1:
         # A per-batch baseline leaves the policy gradient unchanged (sum_i grad w_i = 0) but the
         # rescale makes alpha comparable across backbones, steps and learning rates.
         align = (align - align.mean()) / (align.std() + 1e-12)
-    return log_weights.exp() * (align - entropy_coef * entropy_grad(log_weights))
+    return log_weights.exp() * align - entropy_coef * regulariser_pull(log_weights, regulariser)
 
 
 def policy_loss(rewards: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
@@ -220,7 +244,7 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig) -> StepStats:
     align, stats.estimator = _alignment_with_fallback(cfg, backbone, old_params, grad_val, batch, crop_losses)
 
     # 5. Rewards (eq. 6).
-    rewards = crop_rewards(log_w.detach(), align, cfg.entropy_coef, cfg.reward_norm)  # (n,)
+    rewards = crop_rewards(log_w.detach(), align, cfg.entropy_coef, cfg.reward_norm, cfg.regulariser)  # (n,)
     clock.lap("reward")
 
     # 6. Outer step (eq. 7): phi_t = Adam step on -(1/n) sum_i R_i log w_i.
