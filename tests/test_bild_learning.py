@@ -27,6 +27,9 @@ SETTINGS = [
 
 
 def test_reweighter_down_weights_wrong_targets() -> None:
+    # Over ten seeds this holds on six (README, "Does BILD learn?"), and a change in the last
+    # bit of the rewards can flip seed 0: the test pins one measured trajectory, so a change
+    # to the BILD step that breaks it must be re-measured with benchmarks/wrong_targets.py.
     result = run_wrong_targets(SETTINGS, fraction=0.3, seed=0)
     print(result)  # the PSNR of both modes is measured too; see benchmarks/wrong_targets.py
     assert result["reward_auc"] > 0.55, result

@@ -166,6 +166,9 @@ def crop_rewards(
         # A per-batch baseline leaves the policy gradient unchanged (sum_i grad w_i = 0) but the
         # rescale makes alpha comparable across backbones, steps and learning rates.
         align = (align - align.mean()) / (align.std() + 1e-12)
+    if regulariser == "entropy":  # eq. 6 as the paper writes it
+        return log_weights.exp() * (align - entropy_coef * entropy_grad(log_weights))
+    # w_i * dOmega/dw_i directly: dOmega/dw_i = 1/S - 1/(n w_i) overflows where a weight underflows.
     return log_weights.exp() * align - entropy_coef * regulariser_pull(log_weights, regulariser)
 
 
