@@ -38,10 +38,12 @@ class Reweighter(nn.Module):
             raise ValueError(f"reweighter feature_norm={feature_norm!r}; expected one of {', '.join(FEATURE_NORMS)}")
         if score_bound < 0:
             raise ValueError(f"reweighter score_bound={score_bound}; expected > 0, or 0 for unbounded scores")
-        # An unbounded score with the entropy regulariser lets a few Adam steps saturate the softmax,
-        # after which w_i ~ 0 gets no gradient (R_i has a factor w_i) and not even the entropy term
-        # brings the crop back. Centring first costs nothing (softmax ignores a common shift) and
-        # stops every score drifting into the same flat end of the tanh.
+        # Why a bound by default: an unbounded score with the entropy regulariser lets a few Adam
+        # steps saturate the softmax, after which w_i ~ 0 gets no gradient (R_i has a factor w_i)
+        # and not even the entropy term brings the crop back. The bound has a trap of its own: the
+        # scores reach the flat ends of the tanh within ~20 steps and the split freezes there
+        # (README, "Does BILD learn?"). Centring first costs nothing (softmax ignores a common
+        # shift) and stops every score drifting into the same flat end.
         self.score_bound = score_bound
         layers: list[nn.Module] = []
         channels = 6

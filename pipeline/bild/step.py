@@ -150,10 +150,10 @@ def regulariser_pull(log_weights: torch.Tensor, kind: str = "entropy") -> torch.
     - ``uniform_kl``, Omega = KL(u || p) = -(1/n) sum log(n p_i): p_i - 1/n. A log barrier:
       the pull up on a collapsing weight tends to 1/n instead of 0.
     """
-    log_p = log_weights - torch.logsumexp(log_weights, dim=0)
     if kind == "entropy":
         return log_weights.exp() * entropy_grad(log_weights)
     if kind == "uniform_kl":
+        log_p = log_weights - torch.logsumexp(log_weights, dim=0)
         return log_p.exp() - 1.0 / log_weights.numel()
     raise ValueError(f"unknown regulariser {kind!r}; expected one of {', '.join(REGULARISERS)}")
 
