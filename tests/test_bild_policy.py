@@ -9,9 +9,8 @@ seed 0 included: it freezes with the correlation near -0.8 (README, "Does BILD l
 
 from __future__ import annotations
 
-from test_bild_learning import (
-    SETTINGS,  # the wrong-target experiment's settings (same directory)
-)
+# The wrong-target experiment's settings (tests/ is on the path, as for helpers.py).
+from test_bild_learning import SETTINGS
 
 from pipeline.policy_check import policy_follows_reward
 
