@@ -26,6 +26,7 @@ from pipeline.bild import (
     policy_loss,
     regulariser_pull,
 )
+from pipeline.bild.reweighter import local_correlation
 
 
 def _problem(name: str, dtype: torch.dtype, n: int = 6, size: int = 24, seed: int = 0):
@@ -257,3 +258,24 @@ def test_unbounded_batch_normalised_reweighter_scores_and_trains() -> None:
     batch = CropBatch(hazy, clear, torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16))
     stats = bild_step(batch, nets, BildConfig(regulariser="uniform_kl"))
     assert np.isfinite(stats.reward_mean) and 1.0 <= stats.ess <= 6.0 + 1e-6
+
+
+def test_local_correlation_sees_haze_through_but_not_a_wrong_target() -> None:
+    torch.manual_seed(0)
+    clear, other = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    t = torch.rand(2, 1, 8, 8).repeat_interleave(4, 2).repeat_interleave(4, 3) * 0.8 + 0.1  # one t per 4x4 tile
+    hazy = t * clear + 0.9 * (1 - t)  # I = t J + A (1 - t)
+    assert local_correlation(hazy, clear).min() > 0.99  # dense or light, a right pair correlates
+    assert local_correlation(hazy, other).abs().max() < 0.2  # another scene's image does not
+
+
+def test_pair_consistency_adds_three_features_and_trains() -> None:
+    torch.manual_seed(0)
+    reweighter = Reweighter(width=4, depth=2, score_bound=0, feature_norm="batch", pair_consistency=True)
+    assert reweighter.head.in_features == 8 + 3
+    nets = _tiny_nets("aodnet", 1e-1)
+    nets.reweighter, nets.outer_opt = reweighter, torch.optim.Adam(reweighter.parameters(), 1e-1)
+    batch = CropBatch(torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16), torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16))
+    before = reweighter.head.weight.detach().clone()
+    stats = bild_step(batch, nets, BildConfig(regulariser="uniform_kl"))
+    assert np.isfinite(stats.reward_mean) and not torch.equal(before, reweighter.head.weight)

@@ -129,7 +129,8 @@ def test_train_pairs_replace_the_training_split() -> None:
 def test_reweighter_variant_options_train_and_reload(tmp_path: Path) -> None:
     # The variant the README compares with the default: unbounded scores, a log-barrier
     # regulariser and batch-standardised features. Its checkpoint must rebuild the same network.
-    variant = ["bild.regulariser=uniform_kl", "bild.score_bound=0", "bild.reweighter_norm=batch"]
+    variant = ["bild.regulariser=uniform_kl", "bild.score_bound=0", "bild.reweighter_norm=batch",
+               "bild.pair_consistency=true"]
     argv = ["--backbone", "aodnet", "--preset", "tiny", "--epochs", "1", "--steps", "3", "--run-dir", str(tmp_path),
             *SMALL, *variant]
     assert main(argv) == 0
@@ -137,4 +138,5 @@ def test_reweighter_variant_options_train_and_reload(tmp_path: Path) -> None:
     assert ckpt["config"]["bild"]["regulariser"] == "uniform_kl"
     reweighter = build_reweighter(ckpt["config"]["bild"])
     reweighter.load_state_dict(ckpt["models"]["reweighter"])  # strict: the batch-norm buffers are there
-    assert reweighter.score_bound == 0 and "feature_norm.running_var" in ckpt["models"]["reweighter"]
+    assert reweighter.score_bound == 0 and reweighter.pair_consistency
+    assert "feature_norm.running_var" in ckpt["models"]["reweighter"]

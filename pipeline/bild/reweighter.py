@@ -32,7 +32,10 @@ class Reweighter(nn.Module):
     head's learning rate means the same whatever scale the convolutions start at.
     """
 
-    def __init__(self, width: int = 16, depth: int = 3, score_bound: float = 3.0, feature_norm: str = "none") -> None:
+    def __init__(
+        self, width: int = 16, depth: int = 3, score_bound: float = 3.0, feature_norm: str = "none",
+        pair_consistency: bool = False,
+    ) -> None:
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise ValueError(f"reweighter feature_norm={feature_norm!r}; expected one of {', '.join(FEATURE_NORMS)}")
@@ -52,6 +55,8 @@ class Reweighter(nn.Module):
             layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.LeakyReLU(0.1)]
             channels = out
         self.features = nn.Sequential(*layers)
+        self.pair_consistency = pair_consistency
+        channels += 3 if pair_consistency else 0
         self.feature_norm = nn.BatchNorm1d(channels, affine=False) if feature_norm == "batch" else nn.Identity()
         self.head = nn.Linear(channels, 1)
         # Start from uniform weights: every crop scores 0 until the rewards say otherwise.
@@ -64,11 +69,27 @@ class Reweighter(nn.Module):
             return hazy.new_zeros(1)
         stacked = torch.cat([hazy, clear], dim=1)  # (n,6,H,W)
         pooled = F.adaptive_avg_pool2d(self.features(stacked), 1).flatten(1)  # (n,C)
+        if self.pair_consistency:
+            pooled = torch.cat([pooled, local_correlation(hazy, clear)], dim=1)  # (n,C+3)
         raw = self.head(self.feature_norm(pooled)).squeeze(1)  # (n,)
         centred = raw - raw.mean()
         if self.score_bound == 0:
             return centred
         return self.score_bound * torch.tanh(centred / self.score_bound)
+
+
+def local_correlation(hazy: torch.Tensor, clear: torch.Tensor, window: int = 4) -> torch.Tensor:
+    """Per-channel normalised cross-correlation of hazy and clear in window x window tiles, averaged: (n,3).
+
+    Under the scattering model I = t J + A (1 - t), a tile with one t and A makes the hazy crop
+    an affine function of the clear one, so a right pair scores near 1 however dense the haze.
+    A misaligned pair, or a target from another scene, scores near 0.
+    """
+    mean = lambda x: F.avg_pool2d(x, window)  # noqa: E731
+    mu_h, mu_c = mean(hazy), mean(clear)
+    cov = mean(hazy * clear) - mu_h * mu_c
+    var_h, var_c = mean(hazy * hazy) - mu_h**2, mean(clear * clear) - mu_c**2
+    return (cov / (var_h.clamp_min(0) * var_c.clamp_min(0) + 1e-6).sqrt()).mean((2, 3))
 
 
 def build_reweighter(bild: Mapping[str, Any]) -> Reweighter:
@@ -77,7 +98,8 @@ def build_reweighter(bild: Mapping[str, Any]) -> Reweighter:
         bild["reweighter_width"],
         bild["reweighter_depth"],
         bild["score_bound"],
-        bild.get("reweighter_norm", "none"),  # configs saved before the option existed
+        bild.get("reweighter_norm", "none"),  # configs saved before the options existed
+        bild.get("pair_consistency", False),
     )
 
 
