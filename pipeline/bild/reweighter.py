@@ -85,10 +85,12 @@ def local_correlation(hazy: torch.Tensor, clear: torch.Tensor, window: int = 4) 
     an affine function of the clear one, so a right pair scores near 1 however dense the haze.
     A misaligned pair, or a target from another scene, scores near 0.
     """
-    mean = lambda x: F.avg_pool2d(x, window)  # noqa: E731
-    mu_h, mu_c = mean(hazy), mean(clear)
-    cov = mean(hazy * clear) - mu_h * mu_c
-    var_h, var_c = mean(hazy * hazy) - mu_h**2, mean(clear * clear) - mu_c**2
+    def tile_mean(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, window)
+
+    mu_h, mu_c = tile_mean(hazy), tile_mean(clear)
+    cov = tile_mean(hazy * clear) - mu_h * mu_c
+    var_h, var_c = tile_mean(hazy * hazy) - mu_h**2, tile_mean(clear * clear) - mu_c**2
     return (cov / (var_h.clamp_min(0) * var_c.clamp_min(0) + 1e-6).sqrt()).mean((2, 3))
 
 
