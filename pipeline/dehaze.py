@@ -102,8 +102,6 @@ def dehaze_paths(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.dehaze", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
-    p.add_argument("--model", required=True, metavar="PATH",
-                   help="models/<backbone>[/v<N>], a model.pt, or a training checkpoint.pt")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     add_inference_flags(p)
     return p

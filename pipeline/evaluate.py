@@ -121,8 +121,6 @@ def _write_parquet(rows: pl.DataFrame, path: Path) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, metavar="PATH",
-                   help="models/<backbone>[/v<N>], a model.pt, or a training checkpoint.pt")
     p.add_argument("--dataset", required=True, choices=["auto", *LAYOUTS], metavar="LAYOUT",
                    help=f"native layout: auto, {', '.join(LAYOUTS)}")
     p.add_argument("--data-root", required=True, metavar="DIR", help="folder with hazy/ and clear/ (or GT/)")

@@ -24,7 +24,9 @@ STRATEGIES = ("whole", "tile", "resize")
 
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """``--strategy``, ``--tile`` and ``--device``, the same for every CLI that runs a model on whole images."""
+    """``--model``, ``--strategy``, ``--tile`` and ``--device``: the same for every CLI that runs a model on whole images."""
+    parser.add_argument("--model", required=True, metavar="PATH",
+                        help="models/<backbone>[/v<N>], a model.pt, or a training checkpoint.pt")
     parser.add_argument("--strategy", choices=STRATEGIES, default="tile", help="how images larger than --tile are run")
     parser.add_argument("--tile", type=int, default=512, help="tile size, or the long side for resize (default 512)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
