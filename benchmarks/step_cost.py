@@ -23,9 +23,11 @@ from pipeline.bild import BildConfig, BildNets, CropBatch, Reweighter, bild_step
 from pipeline.inference import resolve_device
 
 
-def _nets(backbone: str, preset: str, device: torch.device, reweight: bool) -> BildNets:
+def _nets(backbone: str, preset: str, device: torch.device, reweight: bool, channels_last: bool) -> BildNets:
     torch.manual_seed(0)
     model = create_backbone(backbone, preset).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     nets = BildNets(model, torch.optim.Adam(model.parameters(), 1e-4))
     if reweight:
         nets.reweighter = Reweighter().to(device)
@@ -33,9 +35,10 @@ def _nets(backbone: str, preset: str, device: torch.device, reweight: bool) -> B
     return nets
 
 
-def _batch(n: int, m: int, crop: int, device: torch.device) -> CropBatch:
+def _batch(n: int, m: int, crop: int, device: torch.device, channels_last: bool) -> CropBatch:
     g = torch.Generator().manual_seed(0)
-    rand = lambda k: torch.rand(k, 3, crop, crop, generator=g).to(device)  # noqa: E731
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    rand = lambda k: torch.rand(k, 3, crop, crop, generator=g).to(device, memory_format=layout)  # noqa: E731
     return CropBatch(rand(n), rand(n), rand(m), rand(m))
 
 
@@ -50,14 +53,24 @@ def _timed(batch: CropBatch, nets: BildNets, cfg: BildConfig, device: torch.devi
 
 
 def measure(
-    backbone: str, preset: str, crop: int, n: int, m: int, device: torch.device, estimators: list[str], repeats: int, warmup: int
+    backbone: str,
+    preset: str,
+    crop: int,
+    n: int,
+    m: int,
+    device: torch.device,
+    estimators: list[str],
+    repeats: int,
+    warmup: int,
+    channels_last: bool = False,
 ) -> list[dict]:
     """Median ms of plain and of each BILD estimator, interleaved; one row per estimator."""
-    batch = _batch(n, m, crop, device)
+    batch = _batch(n, m, crop, device, channels_last)
     sync = device.type == "cuda"
-    variants = {"plain": (_nets(backbone, preset, device, False), BildConfig(mode="plain", sync_timing=sync))}
+    nets = lambda reweight: _nets(backbone, preset, device, reweight, channels_last)  # noqa: E731
+    variants = {"plain": (nets(False), BildConfig(mode="plain", sync_timing=sync))}
     for est in estimators:
-        variants[est] = (_nets(backbone, preset, device, True), BildConfig(estimator=est, sync_timing=sync))
+        variants[est] = (nets(True), BildConfig(estimator=est, sync_timing=sync))
     times: dict[str, list[float]] = {k: [] for k in variants}
     reward_ms: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(warmup + repeats):
@@ -74,6 +87,7 @@ def measure(
             "crop": crop,
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "channels_last": channels_last,
             "estimator": est,
             "n": n,
             "m": m,
@@ -100,16 +114,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (a search trial uses its CPUs)")
+    p.add_argument("--channels-last", action="store_true", help="backbone and crops in channels_last layout")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     estimators = a.estimators.split(",")
-    rows = measure(a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup)
+    rows = measure(a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup, a.channels_last)
     for n in [int(x) for x in a.scaling_ns.split(",") if x] if a.scaling_ns else []:
         if n != a.n:
-            rows += measure(a.backbone, a.preset, a.crop, n, a.m, device, estimators, max(3, a.repeats // 2), 2)
+            rows += measure(
+                a.backbone, a.preset, a.crop, n, a.m, device, estimators, max(3, a.repeats // 2), 2, a.channels_last
+            )
     if a.json:
         print(json.dumps(rows))
         return

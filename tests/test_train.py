@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from pipeline.backbones import list_backbones
 from pipeline.bild import build_reweighter
 from pipeline.config import compose_config
-from pipeline.train import Trainer, load_checkpoint, main, train
+from pipeline.train import Trainer, _bild_config, load_checkpoint, main, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["progress=false", "dataset.crop=32"]
@@ -126,17 +127,32 @@ def test_train_pairs_replace_the_training_split() -> None:
     assert trainer.train_idx == pool[:4] and trainer.train_crops.indices == pool[:4]
 
 
-def test_reweighter_variant_options_train_and_reload(tmp_path: Path) -> None:
-    # The variant the README compares with the default: unbounded scores, a log-barrier
-    # regulariser and batch-standardised features. Its checkpoint must rebuild the same network.
-    variant = ["bild.regulariser=uniform_kl", "bild.score_bound=0", "bild.reweighter_norm=batch",
-               "bild.pair_consistency=true"]
+@pytest.mark.parametrize(
+    "policy, batch_norm",
+    [([], True), (["bild.regulariser=entropy", "bild.score_bound=3", "bild.reweighter_norm=none", "bild.pair_consistency=false"], False)],
+    ids=["default", "paper"],
+)
+def test_reweighting_policies_train_and_reload(tmp_path: Path, policy: list[str], batch_norm: bool) -> None:
+    # The default policy (KL barrier, unbounded scores, batch-standardised features, pair
+    # consistency) and the paper's (entropy, tanh-bounded scores): each checkpoint must rebuild
+    # the network it was trained with.
     argv = ["--backbone", "aodnet", "--preset", "tiny", "--epochs", "1", "--steps", "3", "--run-dir", str(tmp_path),
-            *SMALL, *variant]
+            *SMALL, *policy]
     assert main(argv) == 0
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert ckpt["config"]["bild"]["regulariser"] == "uniform_kl"
     reweighter = build_reweighter(ckpt["config"]["bild"])
-    reweighter.load_state_dict(ckpt["models"]["reweighter"])  # strict: the batch-norm buffers are there
-    assert reweighter.score_bound == 0 and reweighter.pair_consistency
-    assert "feature_norm.running_var" in ckpt["models"]["reweighter"]
+    reweighter.load_state_dict(ckpt["models"]["reweighter"])  # strict: the batch-norm buffers match
+    assert (reweighter.score_bound == 0) == batch_norm and reweighter.pair_consistency == batch_norm
+    assert ("feature_norm.running_var" in ckpt["models"]["reweighter"]) == batch_norm
+
+
+def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained() -> None:
+    # Checkpoints from before regulariser / reweighter_norm / pair_consistency existed trained the
+    # paper's policy; they must not pick up today's defaults when they are reloaded or resumed.
+    old_bild = {k: v for k, v in compose_config([]).bild.items() if k not in ("regulariser", "reweighter_norm", "pair_consistency")}
+    old_bild["score_bound"] = 3.0
+    reweighter = build_reweighter(old_bild)
+    assert not reweighter.pair_consistency and isinstance(reweighter.feature_norm, torch.nn.Identity)
+    old_cfg = OmegaConf.create(OmegaConf.to_container(compose_config([])))  # as read back from a checkpoint
+    del old_cfg.bild["regulariser"]
+    assert _bild_config(old_cfg).regulariser == "entropy"

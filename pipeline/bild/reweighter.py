@@ -26,27 +26,31 @@ class Reweighter(nn.Module):
     Kept deliberately cheap: it runs on every training crop of every BILD step, so its
     cost is part of the step-cost budget (DESIGN.md section 5).
 
-    ``score_bound`` b > 0 maps scores into [-b, b] with a tanh (weight ratios up to e^(2b));
-    0 leaves them unbounded, for a regulariser that bounds the weights itself (``uniform_kl``).
-    ``feature_norm="batch"`` standardises the pooled features over the batch, so that the
-    head's learning rate means the same whatever scale the convolutions start at.
+    The defaults are the policy that follows a known reward on every seed measured (README,
+    "Does BILD learn?"):
+    - ``score_bound=0``: unbounded scores; the ``uniform_kl`` regulariser bounds the weights.
+      b > 0 maps scores into [-b, b] with a tanh (weight ratios up to e^(2b)).
+    - ``feature_norm="batch"`` standardises the pooled features over the batch, so that the
+      head's learning rate means the same whatever scale the convolutions start at.
+    - ``pair_consistency=True`` adds ``local_correlation`` of the pair as three features: a
+      wrong target is hard to see from pooled convolution features, easy from this.
     """
 
     def __init__(
-        self, width: int = 16, depth: int = 3, score_bound: float = 3.0, feature_norm: str = "none",
-        pair_consistency: bool = False,
+        self, width: int = 16, depth: int = 3, score_bound: float = 0.0, feature_norm: str = "batch",
+        pair_consistency: bool = True,
     ) -> None:
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise ValueError(f"reweighter feature_norm={feature_norm!r}; expected one of {', '.join(FEATURE_NORMS)}")
         if score_bound < 0:
             raise ValueError(f"reweighter score_bound={score_bound}; expected > 0, or 0 for unbounded scores")
-        # Why a bound by default: an unbounded score with the entropy regulariser lets a few Adam
-        # steps saturate the softmax, after which w_i ~ 0 gets no gradient (R_i has a factor w_i)
-        # and not even the entropy term brings the crop back. The bound has a trap of its own: the
-        # scores reach the flat ends of the tanh within ~20 steps and the split freezes there
-        # (README, "Does BILD learn?"). Centring first costs nothing (softmax ignores a common
-        # shift) and stops every score drifting into the same flat end.
+        # Why the bound is an option, not the default: with the paper's entropy regulariser an
+        # unbounded score lets a few Adam steps saturate the softmax, after which w_i ~ 0 gets no
+        # gradient (R_i has a factor w_i) and not even the entropy brings the crop back. A tanh
+        # bound stops that but has a trap of its own: the scores reach its flat ends within ~20
+        # steps and the split freezes there. The KL barrier pulls a collapsing weight back instead
+        # (README, "Does BILD learn?"). Centring costs nothing (softmax ignores a common shift).
         self.score_bound = score_bound
         layers: list[nn.Module] = []
         channels = 6

@@ -92,7 +92,7 @@ class BildConfig:
     weighting: str = "softmax"  # or "sigmoid" (normalised)
     estimator: str = "fd"  # "fd" | "jvp" | "loop"
     reward_norm: str = "batch"  # standardise d within the batch before eq. 6
-    regulariser: str = "entropy"  # Omega: "entropy" (-H, the paper's) | "uniform_kl" (KL(u || p), a log barrier)
+    regulariser: str = "uniform_kl"  # Omega: "uniform_kl" (KL(u || p), a log barrier) | "entropy" (-H, the paper's)
     amp: bool = False  # bf16 autocast for the backbone's forward passes
     sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
 
