@@ -20,6 +20,7 @@ import torch
 
 from pipeline.backbones import create_backbone
 from pipeline.bild import BildConfig, BildNets, CropBatch, Reweighter, bild_step
+from pipeline.config import compose_config
 from pipeline.inference import resolve_device
 
 
@@ -114,12 +115,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (a search trial uses its CPUs)")
-    p.add_argument("--channels-last", action="store_true", help="backbone and crops in channels_last layout")
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=None,
+        help="backbone and crops in NHWC layout (default: the backbone's train.channels_last, as training does)",
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
+    if a.channels_last is None:
+        a.channels_last = bool(compose_config([f"backbone={a.backbone}"]).train.channels_last)
     estimators = a.estimators.split(",")
     rows = measure(a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup, a.channels_last)
     for n in [int(x) for x in a.scaling_ns.split(",") if x] if a.scaling_ns else []:

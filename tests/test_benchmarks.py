@@ -1,0 +1,29 @@
+"""The step-cost benchmark runs the way the README calls it and prints the promised JSON rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
+TINY = ["--preset", "tiny", "--crop", "32", "--n", "4", "--m", "2", "--repeats", "1", "--warmup", "0", "--json"]
+
+
+def _rows(*args: str) -> list[dict]:
+    out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("flag, nhwc", [([], True), (["--no-channels-last"], False)])
+def test_step_cost_json_rows(flag: list[str], nhwc: bool) -> None:
+    # AOD-Net trains in channels_last by default (backbone/aodnet.yaml): so does the benchmark.
+    rows = _rows("--backbone", "aodnet", "--estimators", "fd,jvp", "--scaling-ns", "8", *TINY, *flag)
+    assert [(r["estimator"], r["n"]) for r in rows] == [("fd", 4), ("jvp", 4), ("fd", 8), ("jvp", 8)]
+    for r in rows:
+        assert {"backbone", "estimator", "n", "m", "plain_ms", "bild_ms", "ratio"} <= r.keys()
+        assert r["backbone"] == "aodnet" and r["m"] == 2 and r["channels_last"] is nhwc
+        assert r["ratio"] == pytest.approx(r["bild_ms"] / r["plain_ms"], rel=1e-2)  # both rounded
