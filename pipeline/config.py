@@ -1,9 +1,9 @@
 """Hydra composition for every entry point: one function, flags mapped onto config keys.
 
-The groups ``backbone`` live in ``pipeline/conf/``; ``datasets`` and ``search_spaces``
-are the repository's top-level folders of the same names (each file declares its own
-package: ``dataset`` and ``search_space``), so the descriptors a user edits are the ones
-the pipeline reads.
+The groups ``backbone`` and ``policy`` live in ``pipeline/conf/``; ``datasets`` and
+``search_spaces`` are the repository's top-level folders of the same names (each file
+declares its own package: ``dataset`` and ``search_space``), so the descriptors a user
+edits are the ones the pipeline reads.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ __all__ = ["CONF_DIR", "REPO_ROOT", "ConfigError", "compose_config", "group_opti
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_GROUPS = ("backbone", "policy")  # groups shipped inside the package, under conf/
 
 
 class ConfigError(ValueError):
@@ -26,8 +27,8 @@ class ConfigError(ValueError):
 
 
 def group_options(group: str) -> list[str]:
-    """Names available in a config group (``backbone``, ``datasets``, ``search_spaces``)."""
-    folder = CONF_DIR / group if group == "backbone" else REPO_ROOT / group
+    """Names available in a config group (``backbone``, ``policy``, ``datasets``, ``search_spaces``)."""
+    folder = CONF_DIR / group if group in _PACKAGE_GROUPS else REPO_ROOT / group
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
@@ -60,7 +61,7 @@ def _hydra_value(value: Any) -> str:
 def _check_group_choice(overrides: list[str]) -> None:
     for item in overrides:
         key, _, value = item.partition("=")
-        if key in ("backbone", "datasets", "search_spaces") and value not in group_options(key):
+        if key in (*_PACKAGE_GROUPS, "datasets", "search_spaces") and value not in group_options(key):
             hint = " (or pass a path to a search-space YAML)" if key == "search_spaces" else ""
             raise ConfigError(
                 f"unknown {key.rstrip('s')} {value!r}; expected one of: {', '.join(group_options(key))}{hint}"

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .backbones import backbone_kwargs, build_from_kwargs
 from .bild import BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
-from .config import ConfigError, compose_config, flag_overrides
+from .config import ConfigError, compose_config, flag_overrides, group_options
 from .data import CropSampler, PairStore, load_dataset, split_by_scene, split_train_val
 from .inference import resolve_device, score_pairs
 
@@ -268,6 +268,7 @@ TRAIN_FLAGS = {
     "seed": "seed",
     "device": "device",
     "run_dir": "run_dir",
+    "policy": "policy=",
     "alpha": "bild.entropy_coef",
     "inner_lr": "train.inner_lr",
     "outer_lr": "train.outer_lr",
@@ -291,7 +292,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--run-dir", help="where checkpoint.pt, metrics.jsonl and config.yaml go")
-    p.add_argument("--alpha", type=float, help="entropy coefficient of the reweighting policy")
+    p.add_argument("--policy", choices=group_options("policy"),
+                   help="reweighting policy: default (KL barrier) | paper (entropy, tanh-bounded scores)")
+    p.add_argument("--alpha", type=float, help="regulariser coefficient of the reweighting policy")
     p.add_argument("--inner-lr", type=float, help="backbone learning rate (eta_1)")
     p.add_argument("--outer-lr", type=float, help="reweighter learning rate (eta_2)")
     p.add_argument("--val-fraction", type=float, help="share of the train pool held out to drive the outer loop")

@@ -14,7 +14,7 @@ from test_bild_learning import SETTINGS
 
 from pipeline.policy_check import policy_follows_reward
 
-PAPER_POLICY = ["bild.regulariser=entropy", "bild.score_bound=3", "bild.reweighter_norm=none", "bild.pair_consistency=false"]
+PAPER_POLICY = ["policy=paper"]
 
 
 def test_default_policy_follows_a_noisy_known_reward() -> None:

@@ -98,6 +98,7 @@ def test_search_both_modes_writes_parquet_that_matches_ray(tmp_path: Path) -> No
         (["--backbone", "aodnet", "--trials", "0"], "--trials: got 0"),
         (["--backbone", "aodnet", "--dataset", "nowhere"], "unknown dataset 'nowhere'"),
         (["--backbone", "aodnet", "dataset.crop=4096"], "crop"),
+        (["--backbone", "aodnet", "policy=nope"], "unknown policy 'nope'"),
     ],
 )
 def test_bad_flags_fail_clearly_before_ray_starts(
@@ -120,8 +121,11 @@ def test_malformed_search_space_names_file_and_key(tmp_path: Path) -> None:
 
 
 def test_killed_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    summary = search(_argv(tmp_path, "crash", "--trials", "1", "--epochs", "3", "faults.crash_once_at_epoch=2"))
+    # With the paper's policy, so that --policy is seen reaching a trial and its checkpoints too.
+    summary = search(_argv(tmp_path, "crash", "--trials", "1", "--epochs", "3", "--policy", "paper",
+                           "faults.crash_once_at_epoch=2"))
     exp = Path(summary["experiment_dir"])
+    assert "regulariser: entropy" in (exp / "config.yaml").read_text()
     trials, epochs = read_table([exp], "trials"), read_table([exp], "epochs")
     assert trials["status"].to_list() == ["TERMINATED"]
     assert "recovered after" in trials["error"][0]
