@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import subprocess
 import sys
@@ -124,6 +125,14 @@ def test_tile_and_resize_on_a_large_image(model_dir: Path) -> None:
     whole = dehaze_tensor(model, window, strategy="whole")
     pieces = dehaze_tensor(model, window, strategy="tile", tile=256)
     assert (pieces - whole).abs().max() < 2 / 255 and psnr(pieces, whole).item() > 60
+
+
+def test_loaded_model_runs_channels_last_with_the_same_output(model_dir: Path) -> None:
+    model, _ = load_model(model_dir)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+    x = to_tensor(_large_image())[..., :300, :400]
+    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert (dehaze_tensor(model, x) - dehaze_tensor(nchw, x)).abs().max() < 1e-5
 
 
 # --- dehaze ---------------------------------------------------------------------------------------------
