@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -279,3 +280,23 @@ def test_pair_consistency_adds_three_features_and_trains() -> None:
     before = reweighter.head.weight.detach().clone()
     stats = bild_step(batch, nets, BildConfig(regulariser="uniform_kl"))
     assert np.isfinite(stats.reward_mean) and not torch.equal(before, reweighter.head.weight)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_bf16_autocast_in_channels_last_keeps_the_alignments(name: str) -> None:
+    # The GPU options on the CPU: bf16 forwards (the fd estimator re-evaluates its losses in
+    # fp32) and NHWC tensors must leave one step's per-crop alignments as they are in fp32.
+    torch.manual_seed(0)
+    backbone = create_backbone(name, "tiny").to(memory_format=torch.channels_last)
+    reweighter = Reweighter(width=4, depth=2)
+    g = torch.Generator().manual_seed(1)
+    crops = lambda k: torch.rand(k, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)  # noqa: E731
+    batch = CropBatch(crops(8), crops(8), crops(4), crops(4))
+    align = {}
+    for amp in (False, True):
+        nets = BildNets(copy.deepcopy(backbone), None, copy.deepcopy(reweighter), None)
+        nets.inner_opt = torch.optim.Adam(nets.backbone.parameters(), 1e-3)
+        nets.outer_opt = torch.optim.Adam(nets.reweighter.parameters(), 1e-2)
+        align[amp] = bild_step(batch, nets, BildConfig(amp=amp)).crop_align.numpy()
+    assert np.isfinite(align[True]).all()
+    assert np.corrcoef(align[False], align[True])[0, 1] > 0.999
