@@ -225,15 +225,52 @@ def _format_epoch(epoch: int, total: int, metrics: dict[str, float]) -> str:
     return line + f"  ({metrics['epoch_seconds']:.1f} s)"
 
 
+# What a resumed run may take from the new command (how long, and where things are);
+# everything else is the run's own config.
+RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress")
+
+
+def _flat(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    items = cfg.items() if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True).items()
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resumed_config(command: DictConfig, saved: dict[str, Any]) -> DictConfig:
+    """The run's saved config, with only ``RESUME_KEYS`` taken from the command (``--epochs 20 --resume``).
+
+    A run must go on as it started: today's defaults (a new reweighting policy, say) or a changed
+    flag would otherwise rebuild different networks under the saved weights. What the command
+    asks for and cannot change is printed, not silently dropped.
+    """
+    cfg = OmegaConf.create(saved)
+    for key in RESUME_KEYS:
+        OmegaConf.update(cfg, key, OmegaConf.select(command, key))
+    was, asked = _flat(saved), _flat(command)
+    ignored = [f"{k}={asked[k]!r} (the run has {was.get(k, 'no such key')!r})"
+               for k in asked if k not in RESUME_KEYS and asked[k] != was.get(k, asked[k])]
+    if ignored:
+        print("resume keeps the run's own config; ignored from this command: " + ", ".join(ignored))
+    return cfg
+
+
 def train(cfg: DictConfig, *, resume: bool = False, store: PairStore | None = None) -> dict[str, Any]:
     """Train for ``train.epochs`` epochs, checkpointing each one into ``run_dir``; return the last metrics."""
     run_dir = Path(cfg.run_dir)
     ckpt = run_dir / "checkpoint.pt"
-    trainer = Trainer(cfg, store)
     if resume:
         if not ckpt.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; start without --resume")
-        trainer.load(ckpt)
+        state = load_checkpoint(ckpt)
+        cfg = resumed_config(cfg, state["config"])
+    trainer = Trainer(cfg, store)
+    if resume:
+        trainer.load_state_dict(state)
         print(f"resumed {ckpt} at epoch {trainer.epoch}")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -148,6 +148,19 @@ def test_reweighting_policies_train_and_reload(tmp_path: Path, policy: list[str]
     assert ("feature_norm.running_var" in ckpt["models"]["reweighter"]) == batch_norm
 
 
+def test_resume_keeps_the_runs_own_policy_and_says_what_it_ignores(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A run started with the paper's policy, resumed by a command that names neither it nor the
+    # same alpha: it must go on with its own networks, not today's defaults, and say so.
+    base = ["--backbone", "aodnet", "--preset", "tiny", "--steps", "2", "--run-dir", str(tmp_path), *SMALL]
+    assert main([*base, "--epochs", "1", "--policy", "paper"]) == 0
+    assert main([*base, "--epochs", "2", "--alpha", "0.5", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "ignored from this command" in out and "bild.entropy_coef=0.5" in out and "bild.regulariser='uniform_kl'" in out
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["bild"]["regulariser"] == "entropy"
+    assert ckpt["config"]["bild"]["entropy_coef"] == 1.0 and ckpt["config"]["train"]["epochs"] == 2
+
+
 def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained() -> None:
     # Checkpoints from before regulariser / reweighter_norm / pair_consistency existed trained the
     # paper's policy; they must not pick up today's defaults when they are reloaded or resumed.
