@@ -15,23 +15,28 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from pipeline.backbones import create_backbone
-from pipeline.bild import BildConfig, BildNets, CropBatch, Reweighter, bild_step
+from pipeline.bild import BildConfig, BildNets, CropBatch, bild_step, build_reweighter
 from pipeline.config import compose_config
 from pipeline.inference import resolve_device
 
 
-def _nets(backbone: str, preset: str, device: torch.device, reweight: bool, channels_last: bool) -> BildNets:
+def _nets(
+    backbone: str, preset: str, device: torch.device, bild: Mapping[str, Any] | None, channels_last: bool
+) -> BildNets:
+    """The backbone, and with a ``bild`` config block the reweighter it describes (None: plain)."""
     torch.manual_seed(0)
     model = create_backbone(backbone, preset).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     nets = BildNets(model, torch.optim.Adam(model.parameters(), 1e-4))
-    if reweight:
-        nets.reweighter = Reweighter().to(device)
+    if bild is not None:
+        nets.reweighter = build_reweighter(bild).to(device)
         nets.outer_opt = torch.optim.Adam(nets.reweighter.parameters(), 1e-1)
     return nets
 
@@ -63,15 +68,20 @@ def measure(
     estimators: list[str],
     repeats: int,
     warmup: int,
+    bild: Mapping[str, Any],
     channels_last: bool = False,
 ) -> list[dict]:
-    """Median ms of plain and of each BILD estimator, interleaved; one row per estimator."""
+    """Median ms of plain and of each BILD estimator, interleaved; one row per estimator.
+
+    ``bild`` is a config's ``bild`` block: the reweighter and regulariser BILD is timed with.
+    """
     batch = _batch(n, m, crop, device, channels_last)
     sync = device.type == "cuda"
-    nets = lambda reweight: _nets(backbone, preset, device, reweight, channels_last)  # noqa: E731
-    variants = {"plain": (nets(False), BildConfig(mode="plain", sync_timing=sync))}
+    plain = _nets(backbone, preset, device, None, channels_last)
+    variants = {"plain": (plain, BildConfig(mode="plain", sync_timing=sync))}
     for est in estimators:
-        variants[est] = (nets(True), BildConfig(estimator=est, sync_timing=sync))
+        cfg = BildConfig(estimator=est, regulariser=bild["regulariser"], sync_timing=sync)
+        variants[est] = (_nets(backbone, preset, device, bild, channels_last), cfg)
     times: dict[str, list[float]] = {k: [] for k in variants}
     reward_ms: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(warmup + repeats):
@@ -124,14 +134,18 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
+    cfg = compose_config([f"backbone={a.backbone}"])  # what training uses: the policy, the layout
     if a.channels_last is None:
-        a.channels_last = bool(compose_config([f"backbone={a.backbone}"]).train.channels_last)
+        a.channels_last = bool(cfg.train.channels_last)
     estimators = a.estimators.split(",")
-    rows = measure(a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup, a.channels_last)
+    rows = measure(
+        a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup, cfg.bild, a.channels_last
+    )
     for n in [int(x) for x in a.scaling_ns.split(",") if x] if a.scaling_ns else []:
         if n != a.n:
             rows += measure(
-                a.backbone, a.preset, a.crop, n, a.m, device, estimators, max(3, a.repeats // 2), 2, a.channels_last
+                a.backbone, a.preset, a.crop, n, a.m, device, estimators, max(3, a.repeats // 2), 2, cfg.bild,
+                a.channels_last,
             )
     if a.json:
         print(json.dumps(rows))

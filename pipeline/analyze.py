@@ -33,6 +33,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from .bild import build_reweighter, crop_log_weights
+from .config import saved_config
 from .data import to_tensor
 from .data.images import decode_image
 from .results import HYPERPARAMS, TRIAL_SCHEMA, read_table
@@ -440,8 +441,8 @@ def patch_weights(
     if state["models"]["reweighter"] is None:
         raise ValueError(f"checkpoint {checkpoint} has no reweighter (mode {state['config']['mode']!r}); "
                          "patch weights exist only for checkpoints of mode bild or bild-train")
-    cfg = state["config"]
-    reweighter = build_reweighter(cfg["bild"])
+    cfg = saved_config(state["config"])
+    reweighter = build_reweighter(cfg.bild)
     reweighter.load_state_dict(state["models"]["reweighter"])
     hazy_img, clear_img = decode_image(Path(hazy)), decode_image(Path(clear))
     if hazy_img.shape != clear_img.shape:

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "REPO_ROOT", "ConfigError", "compose_config", "group_options", "flag_overrides"]
+__all__ = ["CONF_DIR", "REPO_ROOT", "ConfigError", "compose_config", "group_options", "flag_overrides", "saved_config"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,4 +79,19 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     except HydraException as err:
         raise ConfigError(f"bad config override: {err}") from err
     OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def saved_config(saved: Any) -> DictConfig:
+    """A config read back from a checkpoint or an experiment, as the run was trained.
+
+    Runs saved before the reweighting-policy keys existed (``bild.regulariser``,
+    ``score_bound``, ``reweighter_norm``, ``pair_consistency``) trained the paper's policy, the
+    only one there was: the keys they lack come from ``policy/paper.yaml``, not from today's
+    default, so they rebuild the networks their weights belong to.
+    """
+    cfg = OmegaConf.create(saved)
+    for key, value in OmegaConf.load(CONF_DIR / "policy" / "paper.yaml").items():
+        if key not in cfg.bild:
+            cfg.bild[key] = value
     return cfg

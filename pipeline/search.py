@@ -22,7 +22,7 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import UnknownBackboneError, list_backbones, list_presets
-from .config import REPO_ROOT, ConfigError, compose_config, flag_overrides, group_options
+from .config import REPO_ROOT, ConfigError, compose_config, flag_overrides, group_options, saved_config
 from .train import Trainer, load_store
 from .tune import SearchOptions, load_search_space, run_search, start_ray
 from .tune.space import SearchSpace, space_from_dict
@@ -137,7 +137,7 @@ def _new_experiment(args: argparse.Namespace, name: str) -> tuple[DictConfig, Se
 
 def _saved_experiment(folder: Path) -> tuple[DictConfig, SearchSpace, SearchOptions]:
     """An earlier experiment resumes with its own config, space and options, whatever else is passed."""
-    cfg = OmegaConf.load(folder / "config.yaml")
+    cfg = saved_config(OmegaConf.load(folder / "config.yaml"))
     space = space_from_dict(OmegaConf.to_container(cfg.search_space), str(folder / "config.yaml"))
     saved = json.loads((folder / "search.json").read_text())
     saved["modes"] = tuple(saved["modes"])

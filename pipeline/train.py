@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .backbones import backbone_kwargs, build_from_kwargs
 from .bild import BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
-from .config import ConfigError, compose_config, flag_overrides, group_options
+from .config import ConfigError, compose_config, flag_overrides, group_options, saved_config
 from .data import CropSampler, PairStore, load_dataset, split_by_scene, split_train_val
 from .inference import resolve_device, score_pairs
 
@@ -52,7 +52,7 @@ def _bild_config(cfg: DictConfig) -> BildConfig:
         weighting=b.weighting,
         estimator=b.estimator,
         reward_norm=b.reward_norm,
-        regulariser=b.get("regulariser", "entropy"),  # configs saved before the option existed
+        regulariser=b.regulariser,
         amp=cfg.train.amp,
     )
 
@@ -231,6 +231,7 @@ RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress")
 
 
 def _flat(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value, to say which keys a resume ignores."""
     items = cfg.items() if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True).items()
     flat: dict[str, Any] = {}
     for key, value in items:
@@ -248,10 +249,10 @@ def resumed_config(command: DictConfig, saved: dict[str, Any]) -> DictConfig:
     flag would otherwise rebuild different networks under the saved weights. What the command
     asks for and cannot change is printed, not silently dropped.
     """
-    cfg = OmegaConf.create(saved)
+    cfg = saved_config(saved)
+    was, asked = _flat(cfg), _flat(command)
     for key in RESUME_KEYS:
         OmegaConf.update(cfg, key, OmegaConf.select(command, key))
-    was, asked = _flat(saved), _flat(command)
     ignored = [f"{k}={asked[k]!r} (the run has {was.get(k, 'no such key')!r})"
                for k in asked if k not in RESUME_KEYS and asked[k] != was.get(k, asked[k])]
     if ignored:

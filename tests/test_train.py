@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from pipeline.backbones import list_backbones
 from pipeline.bild import build_reweighter
-from pipeline.config import compose_config
+from pipeline.config import compose_config, saved_config
 from pipeline.train import Trainer, _bild_config, load_checkpoint, main, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,8 +166,8 @@ def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained
     # paper's policy; they must not pick up today's defaults when they are reloaded or resumed.
     old_bild = {k: v for k, v in compose_config([]).bild.items() if k not in ("regulariser", "reweighter_norm", "pair_consistency")}
     old_bild["score_bound"] = 3.0
-    reweighter = build_reweighter(old_bild)
+    reweighter = build_reweighter(saved_config({"bild": old_bild}).bild)
     assert not reweighter.pair_consistency and isinstance(reweighter.feature_norm, torch.nn.Identity)
-    old_cfg = OmegaConf.create(OmegaConf.to_container(compose_config([])))  # as read back from a checkpoint
-    del old_cfg.bild["regulariser"]
-    assert _bild_config(old_cfg).regulariser == "entropy"
+    old_cfg = OmegaConf.to_container(compose_config([]))  # as read back from a checkpoint
+    del old_cfg["bild"]["regulariser"]
+    assert _bild_config(saved_config(old_cfg)).regulariser == "entropy"

@@ -99,13 +99,13 @@ def local_correlation(hazy: torch.Tensor, clear: torch.Tensor, window: int = 4) 
 
 
 def build_reweighter(bild: Mapping[str, Any]) -> Reweighter:
-    """The reweighter a config's ``bild`` block describes (training and checkpoint readers alike)."""
+    """The reweighter a config's ``bild`` block describes (a saved one through ``pipeline.config.saved_config``)."""
     return Reweighter(
         bild["reweighter_width"],
         bild["reweighter_depth"],
         bild["score_bound"],
-        bild.get("reweighter_norm", "none"),  # configs saved before the options existed
-        bild.get("pair_consistency", False),
+        bild["reweighter_norm"],
+        bild["pair_consistency"],
     )
 
 
