@@ -164,10 +164,12 @@ def test_resume_keeps_the_runs_own_policy_and_says_what_it_ignores(tmp_path: Pat
 def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained() -> None:
     # Checkpoints from before regulariser / reweighter_norm / pair_consistency existed trained the
     # paper's policy; they must not pick up today's defaults when they are reloaded or resumed.
-    old_bild = {k: v for k, v in compose_config([]).bild.items() if k not in ("regulariser", "reweighter_norm", "pair_consistency")}
-    old_bild["score_bound"] = 3.0
+    # The oldest lack score_bound too: the reweighter's tanh bound was then fixed at 3.
+    policy_keys = ("regulariser", "score_bound", "reweighter_norm", "pair_consistency")
+    old_bild = {k: v for k, v in compose_config([]).bild.items() if k not in policy_keys}
     reweighter = build_reweighter(saved_config({"bild": old_bild}).bild)
     assert not reweighter.pair_consistency and isinstance(reweighter.feature_norm, torch.nn.Identity)
+    assert reweighter.score_bound == 3.0
     old_cfg = OmegaConf.to_container(compose_config([]))  # as read back from a checkpoint
     del old_cfg["bild"]["regulariser"]
     assert _bild_config(saved_config(old_cfg)).regulariser == "entropy"
