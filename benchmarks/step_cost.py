@@ -12,31 +12,29 @@ Prints ratios BILD/plain; ``--json`` prints a JSON list of rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
-from collections.abc import Mapping
-from typing import Any
-
 import torch
+from omegaconf import DictConfig
 
 from pipeline.backbones import create_backbone
 from pipeline.bild import BildConfig, BildNets, CropBatch, bild_step, build_reweighter
 from pipeline.config import compose_config
 from pipeline.inference import resolve_device
+from pipeline.train import bild_config
 
 
-def _nets(
-    backbone: str, preset: str, device: torch.device, bild: Mapping[str, Any] | None, channels_last: bool
-) -> BildNets:
-    """The backbone, and with a ``bild`` config block the reweighter it describes (None: plain)."""
+def _nets(backbone: str, preset: str, device: torch.device, cfg: DictConfig | None, channels_last: bool) -> BildNets:
+    """The backbone, and with a composed config the reweighter its ``bild`` block describes (None: plain)."""
     torch.manual_seed(0)
     model = create_backbone(backbone, preset).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     nets = BildNets(model, torch.optim.Adam(model.parameters(), 1e-4))
-    if bild is not None:
-        nets.reweighter = build_reweighter(bild).to(device)
+    if cfg is not None:
+        nets.reweighter = build_reweighter(cfg.bild).to(device)
         nets.outer_opt = torch.optim.Adam(nets.reweighter.parameters(), 1e-1)
     return nets
 
@@ -68,25 +66,26 @@ def measure(
     estimators: list[str],
     repeats: int,
     warmup: int,
-    bild: Mapping[str, Any],
+    cfg: DictConfig,
     channels_last: bool = False,
 ) -> list[dict]:
     """Median ms of plain and of each BILD estimator, interleaved; one row per estimator.
 
-    ``bild`` is a config's ``bild`` block: the reweighter and regulariser BILD is timed with.
+    ``cfg`` is the composed training config: BILD is timed with the policy and settings it trains with.
     """
     batch = _batch(n, m, crop, device, channels_last)
     sync = device.type == "cuda"
     plain = _nets(backbone, preset, device, None, channels_last)
-    variants = {"plain": (plain, BildConfig(mode="plain", sync_timing=sync))}
+    trained = dataclasses.replace(bild_config(cfg), mode="bild", sync_timing=sync)
+    variants = {"plain": (plain, dataclasses.replace(trained, mode="plain"))}
     for est in estimators:
-        cfg = BildConfig(estimator=est, regulariser=bild["regulariser"], sync_timing=sync)
-        variants[est] = (_nets(backbone, preset, device, bild, channels_last), cfg)
+        nets = _nets(backbone, preset, device, cfg, channels_last)
+        variants[est] = (nets, dataclasses.replace(trained, estimator=est))
     times: dict[str, list[float]] = {k: [] for k in variants}
     reward_ms: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(warmup + repeats):
-        for key, (nets, cfg) in variants.items():
-            total, stages = _timed(batch, nets, cfg, device)
+        for key, (nets, step_cfg) in variants.items():
+            total, stages = _timed(batch, nets, step_cfg, device)
             if r >= warmup:
                 times[key].append(total)
                 reward_ms[key].append(1000 * stages.get("reward", 0.0))
@@ -139,12 +138,12 @@ def main() -> None:
         a.channels_last = bool(cfg.train.channels_last)
     estimators = a.estimators.split(",")
     rows = measure(
-        a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup, cfg.bild, a.channels_last
+        a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup, cfg, a.channels_last
     )
     for n in [int(x) for x in a.scaling_ns.split(",") if x] if a.scaling_ns else []:
         if n != a.n:
             rows += measure(
-                a.backbone, a.preset, a.crop, n, a.m, device, estimators, max(3, a.repeats // 2), 2, cfg.bild,
+                a.backbone, a.preset, a.crop, n, a.m, device, estimators, max(3, a.repeats // 2), 2, cfg,
                 a.channels_last,
             )
     if a.json:

@@ -8,6 +8,7 @@ edits are the ones the pipeline reads.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "REPO_ROOT", "ConfigError", "compose_config", "group_options", "flag_overrides", "saved_config"]
+__all__ = [
+    "CONF_DIR", "REPO_ROOT", "ConfigError", "add_policy_flag", "compose_config", "group_options", "flag_overrides",
+    "saved_config",
+]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +34,12 @@ def group_options(group: str) -> list[str]:
     """Names available in a config group (``backbone``, ``policy``, ``datasets``, ``search_spaces``)."""
     folder = CONF_DIR / group if group in _PACKAGE_GROUPS else REPO_ROOT / group
     return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def add_policy_flag(parser: argparse.ArgumentParser) -> None:
+    """``--policy NAME``, one of the ``policy`` group's files; map it with ``"policy": "policy="``."""
+    parser.add_argument("--policy", choices=group_options("policy"),
+                        help="reweighting policy: default (KL barrier) | paper (entropy, tanh-bounded scores)")
 
 
 def flag_overrides(flags: dict[str, Any], mapping: dict[str, str]) -> list[str]:

@@ -22,7 +22,7 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import UnknownBackboneError, list_backbones, list_presets
-from .config import REPO_ROOT, ConfigError, compose_config, flag_overrides, group_options, saved_config
+from .config import REPO_ROOT, ConfigError, add_policy_flag, compose_config, flag_overrides, saved_config
 from .train import Trainer, load_store
 from .tune import SearchOptions, load_search_space, run_search, start_ray
 from .tune.space import SearchSpace, space_from_dict
@@ -53,8 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder with the dataset in its native layout")
     p.add_argument("--mode", default="bild", choices=["bild", "plain", "both", "bild-train"],
                    help="bild (default); plain (the baseline); both: the same trial budget on each, for comparison")
-    p.add_argument("--policy", default=None, choices=group_options("policy"),
-                   help="reweighting policy: default (KL barrier) | paper (entropy, tanh-bounded scores)")
+    add_policy_flag(p)
     p.add_argument("--trials", type=int, default=None, help="trials per mode (default: the search space's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial, ASHA's max_t (default: config's train.epochs)")
     p.add_argument("--concurrency", type=int, default=2, help="trials running at once")

@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from .backbones import backbone_kwargs, build_from_kwargs
 from .bild import BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
-from .config import ConfigError, compose_config, flag_overrides, group_options, saved_config
+from .config import ConfigError, add_policy_flag, compose_config, flag_overrides, saved_config
 from .data import CropSampler, PairStore, load_dataset, split_by_scene, split_train_val
 from .inference import resolve_device, score_pairs
 
-__all__ = ["CHECKPOINT_FORMAT", "Trainer", "train", "load_store", "load_checkpoint", "main"]
+__all__ = ["CHECKPOINT_FORMAT", "Trainer", "bild_config", "train", "load_store", "load_checkpoint", "main"]
 
 CHECKPOINT_FORMAT = "bild-checkpoint/1"
 STEP_STATS = ("loss", "crop_loss", "val_loss", "reward_mean", "reward_std", "align_mean", "weight_entropy", "ess", "max_weight")
@@ -43,7 +43,8 @@ def load_store(cfg: DictConfig) -> PairStore:
     return load_dataset(ds.layout, ds.root, skip_bad=ds.skip_bad, max_side=ds.max_side)
 
 
-def _bild_config(cfg: DictConfig) -> BildConfig:
+def bild_config(cfg: DictConfig) -> BildConfig:
+    """The engine's BildConfig from a composed config (mode, the `bild` block, `train.amp`)."""
     b = cfg.bild
     return BildConfig(
         mode=cfg.mode,
@@ -64,7 +65,7 @@ class Trainer:
         """``train_pairs`` replaces the mode's training split with these pool pairs (analyses only)."""
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.bild_cfg = _bild_config(cfg)  # validates mode, estimator, ... before any work
+        self.bild_cfg = bild_config(cfg)  # validates mode, estimator, ... before any work
         self.store = store if store is not None else load_store(cfg)
         ds, tr = cfg.dataset, cfg.train
         self.splits = split_by_scene(
@@ -330,8 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--run-dir", help="where checkpoint.pt, metrics.jsonl and config.yaml go")
-    p.add_argument("--policy", choices=group_options("policy"),
-                   help="reweighting policy: default (KL barrier) | paper (entropy, tanh-bounded scores)")
+    add_policy_flag(p)
     p.add_argument("--alpha", type=float, help="regulariser coefficient of the reweighting policy")
     p.add_argument("--inner-lr", type=float, help="backbone learning rate (eta_1)")
     p.add_argument("--outer-lr", type=float, help="reweighter learning rate (eta_2)")

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from pipeline.backbones import list_backbones
 from pipeline.bild import build_reweighter
 from pipeline.config import compose_config, saved_config
-from pipeline.train import Trainer, _bild_config, load_checkpoint, main, train
+from pipeline.train import Trainer, bild_config, load_checkpoint, main, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["progress=false", "dataset.crop=32"]
@@ -172,4 +172,4 @@ def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained
     assert reweighter.score_bound == 3.0
     old_cfg = OmegaConf.to_container(compose_config([]))  # as read back from a checkpoint
     del old_cfg["bild"]["regulariser"]
-    assert _bild_config(saved_config(old_cfg)).regulariser == "entropy"
+    assert bild_config(saved_config(old_cfg)).regulariser == "entropy"
