@@ -5,6 +5,13 @@ each alignment estimator, interleaved round by round so that drift in machine lo
 every variant alike, then the reward stage (alignment + eq. 6) at n = 4, 10 and 32.
 Prints ratios BILD/plain; ``--json`` prints a JSON list of rows.
 
+Each row also carries the design's floor for that backbone and machine (DESIGN.md: about
+1 + m/n plus one extra forward), timed rather than assumed: a plain step, the validation
+gradient on the m crops and one no-grad forward of the n crops, the passes eq. 5-7 cannot
+skip. ``ratio - floor_ratio`` is what the implementation adds on top (reweighter,
+parameter copy, statistics); a network whose cost does not scale linearly with the batch
+can have a floor above the 1.8 target.
+
     python benchmarks/step_cost.py --backbone ffanet --preset small --crop 64 --n 10 --m 4
     python benchmarks/step_cost.py --backbone msbdn --preset paper --crop 240 --device cuda --json
 """
@@ -16,11 +23,13 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable
+
 import torch
 from omegaconf import DictConfig
 
 from pipeline.backbones import create_backbone
-from pipeline.bild import BildConfig, BildNets, CropBatch, bild_step, build_reweighter
+from pipeline.bild import BildConfig, BildNets, CropBatch, bild_step, build_reweighter, per_crop_l1
 from pipeline.config import compose_config
 from pipeline.inference import resolve_device
 from pipeline.train import bild_config
@@ -46,14 +55,29 @@ def _batch(n: int, m: int, crop: int, device: torch.device, channels_last: bool)
     return CropBatch(rand(n), rand(n), rand(m), rand(m))
 
 
-def _timed(batch: CropBatch, nets: BildNets, cfg: BildConfig, device: torch.device) -> tuple[float, dict[str, float]]:
+def _design_floor_step(batch: CropBatch, nets: BildNets, plain_cfg: BildConfig) -> dict[str, float]:
+    """The passes no implementation of eq. 5-7 can skip, with nothing else around them.
+
+    A plain step on the n crops (eq. 5), the validation gradient on the m crops at the new
+    parameters, and the finite difference's one extra no-grad forward of the n crops.
+    """
+    bild_step(batch, nets, plain_cfg)
+    model = nets.backbone
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.autograd.grad(per_crop_l1(model(batch.val_hazy), batch.val_clear).mean(), params)
+    with torch.no_grad():
+        model(batch.hazy)
+    return {}
+
+
+def _timed(step: Callable[[], dict[str, float]], device: torch.device) -> tuple[float, dict[str, float]]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    stats = bild_step(batch, nets, cfg)
+    stages = step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start), stats.times
+    return 1000 * (time.perf_counter() - start), stages
 
 
 def measure(
@@ -69,27 +93,32 @@ def measure(
     cfg: DictConfig,
     channels_last: bool = False,
 ) -> list[dict]:
-    """Median ms of plain and of each BILD estimator, interleaved; one row per estimator.
+    """Median ms of plain, of the design's floor and of each BILD estimator, interleaved; one row per estimator.
 
     ``cfg`` is the composed training config: BILD is timed with the policy and settings it trains with.
     """
     batch = _batch(n, m, crop, device, channels_last)
-    sync = device.type == "cuda"
-    plain = _nets(backbone, preset, device, None, channels_last)
-    trained = dataclasses.replace(bild_config(cfg), mode="bild", sync_timing=sync)
-    variants = {"plain": (plain, dataclasses.replace(trained, mode="plain"))}
+    trained = dataclasses.replace(bild_config(cfg), mode="bild", sync_timing=device.type == "cuda")
+    plain_cfg = dataclasses.replace(trained, mode="plain")
+    plain_nets = _nets(backbone, preset, device, None, channels_last)
+    floor_nets = _nets(backbone, preset, device, None, channels_last)
+    variants: dict[str, Callable[[], dict[str, float]]] = {
+        "plain": lambda: bild_step(batch, plain_nets, plain_cfg).times,
+        "floor": lambda: _design_floor_step(batch, floor_nets, plain_cfg),
+    }
     for est in estimators:
-        nets = _nets(backbone, preset, device, cfg, channels_last)
-        variants[est] = (nets, dataclasses.replace(trained, estimator=est))
+        nets, est_cfg = _nets(backbone, preset, device, cfg, channels_last), dataclasses.replace(trained, estimator=est)
+        variants[est] = lambda nets=nets, est_cfg=est_cfg: bild_step(batch, nets, est_cfg).times
     times: dict[str, list[float]] = {k: [] for k in variants}
     reward_ms: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(warmup + repeats):
-        for key, (nets, step_cfg) in variants.items():
-            total, stages = _timed(batch, nets, step_cfg, device)
+        for key, step in variants.items():
+            total, stages = _timed(step, device)
             if r >= warmup:
                 times[key].append(total)
                 reward_ms[key].append(1000 * stages.get("reward", 0.0))
     plain = statistics.median(times["plain"])
+    floor = statistics.median(times["floor"])
     return [
         {
             "backbone": backbone,
@@ -104,6 +133,8 @@ def measure(
             "plain_ms": round(plain, 2),
             "bild_ms": round(statistics.median(times[est]), 2),
             "ratio": round(statistics.median(times[est]) / plain, 3),
+            "floor_ms": round(floor, 2),
+            "floor_ratio": round(floor / plain, 3),
             "reward_ms": round(statistics.median(reward_ms[est]), 2),
             "reward_ratio": round(statistics.median(reward_ms[est]) / plain, 3),
         }
@@ -149,11 +180,14 @@ def main() -> None:
     if a.json:
         print(json.dumps(rows))
         return
-    print(f"{'backbone':<14}{'preset':<8}{'crop':>5}{'est':>6}{'n':>4}{'m':>3}{'plain ms':>10}{'bild ms':>10}{'ratio':>7}{'reward/plain':>14}")
+    print(
+        f"{'backbone':<14}{'preset':<8}{'crop':>5}{'est':>6}{'n':>4}{'m':>3}"
+        f"{'plain ms':>10}{'bild ms':>10}{'ratio':>7}{'floor':>7}{'reward/plain':>14}"
+    )
     for r in rows:
         print(
             f"{r['backbone']:<14}{r['preset']:<8}{r['crop']:>5}{r['estimator']:>6}{r['n']:>4}{r['m']:>3}"
-            f"{r['plain_ms']:>10.1f}{r['bild_ms']:>10.1f}{r['ratio']:>7.2f}{r['reward_ratio']:>14.3f}"
+            f"{r['plain_ms']:>10.1f}{r['bild_ms']:>10.1f}{r['ratio']:>7.2f}{r['floor_ratio']:>7.2f}{r['reward_ratio']:>14.3f}"
         )
 
 

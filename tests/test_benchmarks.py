@@ -27,3 +27,4 @@ def test_step_cost_json_rows(flag: list[str], nhwc: bool) -> None:
         assert {"backbone", "estimator", "n", "m", "plain_ms", "bild_ms", "ratio"} <= r.keys()
         assert r["backbone"] == "aodnet" and r["m"] == 2 and r["channels_last"] is nhwc
         assert r["ratio"] == pytest.approx(r["bild_ms"] / r["plain_ms"], rel=1e-2)  # both rounded
+        assert r["floor_ratio"] == pytest.approx(r["floor_ms"] / r["plain_ms"], rel=1e-2)
