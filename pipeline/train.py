@@ -231,11 +231,10 @@ def _format_epoch(epoch: int, total: int, metrics: dict[str, float]) -> str:
 RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress")
 
 
-def _flat(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> leaf value, to say which keys a resume ignores."""
-    items = cfg.items() if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True).items()
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value of a plain nested dict."""
     flat: dict[str, Any] = {}
-    for key, value in items:
+    for key, value in tree.items():
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{key}."))
         else:
@@ -248,14 +247,17 @@ def resumed_config(command: DictConfig, saved: dict[str, Any]) -> DictConfig:
 
     A run must go on as it started: today's defaults (a new reweighting policy, say) or a changed
     flag would otherwise rebuild different networks under the saved weights. What the command
-    asks for and cannot change is printed, not silently dropped.
+    asks for and cannot change is printed, not silently dropped. Keys the run was saved without
+    (options added since) take the command's value: there is no other.
     """
     cfg = saved_config(saved)
-    was, asked = _flat(cfg), _flat(command)
+    was, asked = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (cfg, command))
     for key in RESUME_KEYS:
         OmegaConf.update(cfg, key, OmegaConf.select(command, key))
-    ignored = [f"{k}={asked[k]!r} (the run has {was.get(k, 'no such key')!r})"
-               for k in asked if k not in RESUME_KEYS and asked[k] != was.get(k, asked[k])]
+    for key in asked.keys() - was.keys():
+        OmegaConf.update(cfg, key, asked[key])
+    ignored = [f"{k}={asked[k]!r} (the run has {was[k]!r})"
+               for k in asked if k not in RESUME_KEYS and k in was and asked[k] != was[k]]
     if ignored:
         print("resume keeps the run's own config; ignored from this command: " + ", ".join(ignored))
     return cfg

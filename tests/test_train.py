@@ -161,6 +161,19 @@ def test_resume_keeps_the_runs_own_policy_and_says_what_it_ignores(tmp_path: Pat
     assert ckpt["config"]["bild"]["entropy_coef"] == 1.0 and ckpt["config"]["train"]["epochs"] == 2
 
 
+def test_resume_of_a_run_saved_before_an_option_existed_takes_the_commands_value(tmp_path: Path) -> None:
+    # A checkpoint written before train.channels_last existed: the resumed run gets the key from
+    # the command (it has no value of its own) instead of failing on a missing key.
+    base = ["--backbone", "aodnet", "--preset", "tiny", "--steps", "2", "--run-dir", str(tmp_path), *SMALL]
+    assert main([*base, "--epochs", "1"]) == 0
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["config"]["train"]["channels_last"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["train"]["channels_last"] is True
+
+
 def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained() -> None:
     # Checkpoints from before regulariser / reweighter_norm / pair_consistency existed trained the
     # paper's policy; they must not pick up today's defaults when they are reloaded or resumed.
