@@ -17,7 +17,7 @@ import time
 import torch
 
 from pipeline.backbones import create_backbone, list_backbones
-from pipeline.inference import dehaze_tensor
+from pipeline.evaluation.inference import dehaze_tensor
 
 
 def _median_seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:

@@ -5,7 +5,7 @@ each alignment estimator, interleaved round by round so that drift in machine lo
 every variant alike, then the reward stage (alignment + eq. 6) at n = 4, 10 and 32.
 Prints ratios BILD/plain; ``--json`` prints a JSON list of rows.
 
-Each row also carries the design's floor for that backbone and machine (DESIGN.md: about
+Each row also carries the design's floor for that backbone and machine (docs/design.md: about
 1 + m/n plus one extra forward), timed rather than assumed: a plain step, the validation
 gradient on the m crops and one no-grad forward of the n crops, the passes eq. 5-7 cannot
 skip. ``ratio - floor_ratio`` is what the implementation adds on top (reweighter,
@@ -31,8 +31,8 @@ from omegaconf import DictConfig
 from pipeline.backbones import create_backbone
 from pipeline.bild import BildConfig, BildNets, CropBatch, bild_step, build_reweighter, per_crop_l1
 from pipeline.config import compose_config
-from pipeline.inference import resolve_device
-from pipeline.train import bild_config
+from pipeline.evaluation.inference import resolve_device
+from pipeline.trainer import bild_config
 
 
 def _nets(backbone: str, preset: str, device: torch.device, cfg: DictConfig | None, channels_last: bool) -> BildNets:

@@ -1,14 +1,13 @@
-"""Hydra composition for every entry point: one function, flags mapped onto config keys.
+"""Hydra composition for every entry point, and configs read back from saved runs.
 
-The groups ``backbone`` and ``policy`` live in ``pipeline/conf/``; ``datasets`` and
-``search_spaces`` are the repository's top-level folders of the same names (each file
-declares its own package: ``dataset`` and ``search_space``), so the descriptors a user
-edits are the ones the pipeline reads.
+The groups ``backbone`` and ``policy`` live in ``pipeline/conf/``; ``datasets`` is the
+repository's top-level folder of that name (each file declares its package, ``dataset``), so
+the descriptors a user edits are the ones the pipeline reads. Search spaces are not part of
+the training config: ``pipeline.tune.space`` reads them from ``search_spaces/``.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = [
-    "CONF_DIR", "REPO_ROOT", "ConfigError", "add_policy_flag", "compose_config", "group_options", "flag_overrides",
-    "saved_config",
-]
+__all__ = ["CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config", "group_dir", "group_options",
+           "saved_config"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,52 +27,21 @@ class ConfigError(ValueError):
     """A flag or override that does not fit the config; the message names it."""
 
 
+def group_dir(group: str) -> Path:
+    """The folder of a config group (``backbone``, ``policy``, ``datasets``, ``search_spaces``)."""
+    return CONF_DIR / group if group in _PACKAGE_GROUPS else REPO_ROOT / group
+
+
 def group_options(group: str) -> list[str]:
-    """Names available in a config group (``backbone``, ``policy``, ``datasets``, ``search_spaces``)."""
-    folder = CONF_DIR / group if group in _PACKAGE_GROUPS else REPO_ROOT / group
-    return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
-def add_policy_flag(parser: argparse.ArgumentParser) -> None:
-    """``--policy NAME``, one of the ``policy`` group's files; map it with ``"policy": "policy="``."""
-    parser.add_argument("--policy", choices=group_options("policy"),
-                        help="reweighting policy: default (KL barrier) | paper (entropy, tanh-bounded scores)")
-
-
-def flag_overrides(flags: dict[str, Any], mapping: dict[str, str]) -> list[str]:
-    """Turn argparse values into Hydra overrides: ``{flag: value}`` through ``{flag: key}``.
-
-    Flags left as None keep the config's default. A mapping value ending in ``=`` names a
-    group (``datasets=``), the rest are dotted keys.
-    """
-    overrides = []
-    for flag, key in mapping.items():
-        value = flags.get(flag)
-        if value is None:
-            continue
-        if key.endswith("="):
-            overrides.append(f"{key}{value}")
-        else:
-            overrides.append(f"{key}={_hydra_value(value)}")
-    return overrides
-
-
-def _hydra_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str) and any(c in value for c in " ,=[]{}'\""):
-        return "'" + value.replace("'", "\\'") + "'"
-    return str(value)
+    """Names available in a config group."""
+    return sorted(p.stem for p in group_dir(group).glob("*.yaml"))
 
 
 def _check_group_choice(overrides: list[str]) -> None:
     for item in overrides:
         key, _, value = item.partition("=")
-        if key in (*_PACKAGE_GROUPS, "datasets", "search_spaces") and value not in group_options(key):
-            hint = " (or pass a path to a search-space YAML)" if key == "search_spaces" else ""
-            raise ConfigError(
-                f"unknown {key.rstrip('s')} {value!r}; expected one of: {', '.join(group_options(key))}{hint}"
-            )
+        if key in (*_PACKAGE_GROUPS, "datasets") and value not in group_options(key):
+            raise ConfigError(f"unknown {key.rstrip('s')} {value!r}; expected one of: {', '.join(group_options(key))}")
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -92,15 +58,26 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
+# Keys renamed since runs were first saved: old dotted key -> today's.
+RENAMED_KEYS = {"bild.entropy_coef": "bild.alpha"}
+
+
 def saved_config(saved: Any) -> DictConfig:
     """A config read back from a checkpoint or an experiment, as the run was trained.
 
-    Runs saved before the reweighting-policy keys existed (``bild.regulariser``,
-    ``score_bound``, ``reweighter_norm``, ``pair_consistency``) trained the paper's policy, the
-    only one there was: the keys they lack come from ``policy/paper.yaml``, not from today's
-    default, so they rebuild the networks their weights belong to.
+    Keys saved under an older name (``RENAMED_KEYS``) are read under today's. Runs saved
+    before the reweighting-policy keys existed (``bild.regulariser``, ``score_bound``,
+    ``reweighter_norm``, ``pair_consistency``) trained the paper's policy, the only one there
+    was: the keys they lack come from ``policy/paper.yaml``, not from today's default, so they
+    rebuild the networks their weights belong to.
     """
     cfg = OmegaConf.create(saved)
+    for old, new in RENAMED_KEYS.items():
+        value = OmegaConf.select(cfg, old)
+        if value is not None and OmegaConf.select(cfg, new) is None:
+            parent, _, leaf = old.rpartition(".")
+            OmegaConf.update(cfg, new, value)
+            del cfg[parent][leaf]
     for key, value in OmegaConf.load(CONF_DIR / "policy" / "paper.yaml").items():
         if key not in cfg.bild:
             cfg.bild[key] = value

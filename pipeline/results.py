@@ -12,13 +12,13 @@ half a file and a crash loses at most the rows in flight. Many experiments scan 
     pl.scan_parquet("runs/*/results/trials/*.parquet")
 
 Searched hyperparameters beyond the four standard ones get their own float64 column,
-named after the search-space entry; :func:`read_table` aligns such files by name.
+named after the search-space entry; :func:`read_table` aligns such files by name. A
+hyperparameter has one name from the config key to the column: ``bild.alpha`` is ``alpha``.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .files import atomic_write
+
 __all__ = [
+    "check_metric",
+    "FINISHED",
     "HYPERPARAMS",
+    "HYPERPARAM_KEYS",
+    "METRICS",
     "STEP_METRICS",
     "EPOCH_SCHEMA",
     "TRIAL_SCHEMA",
@@ -38,9 +44,21 @@ __all__ = [
     "write_epoch_row",
     "write_trial_row",
     "read_table",
+    "searched_params",
 ]
 
-HYPERPARAMS = ("alpha", "inner_lr", "outer_lr", "val_fraction")
+# The standard hyperparameters: column name -> config key (the column is the key's last part).
+HYPERPARAM_KEYS = {
+    "alpha": "bild.alpha",
+    "inner_lr": "train.inner_lr",
+    "outer_lr": "train.outer_lr",
+    "val_fraction": "train.val_fraction",
+}
+HYPERPARAMS = tuple(HYPERPARAM_KEYS)
+# The selection-set metrics a search may rank by (both grow with quality), and the trial
+# statuses that count as finished: ASHA's STOPPED trials have a real best epoch too.
+METRICS = ("select_psnr", "select_ssim")
+FINISHED = ("TERMINATED", "STOPPED")
 STEP_METRICS = (
     "loss",
     "crop_loss",
@@ -106,6 +124,12 @@ TRIAL_SCHEMA = pa.schema(
 )
 
 
+def check_metric(metric: str) -> None:
+    """Refuse a metric the search cannot rank by, naming it."""
+    if metric not in METRICS:
+        raise ValueError(f"--metric {metric!r} is not a selection metric; expected one of {', '.join(METRICS)}")
+
+
 def results_dir(experiment_dir: str | os.PathLike) -> Path:
     return Path(experiment_dir) / "results"
 
@@ -118,14 +142,9 @@ def _schema_with_extras(schema: pa.Schema, row: Mapping[str, Any]) -> pa.Schema:
 
 def write_rows(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> Path:
     """Write ``rows`` under ``schema`` (plus extra hyperparameter columns) atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     schema = _schema_with_extras(schema, rows[0]) if rows else schema
     table = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_epoch_row(experiment_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
@@ -148,4 +167,18 @@ def read_table(run_dirs: Sequence[str | os.PathLike], table: str) -> pl.DataFram
             f"no {table} results under {', '.join(str(results_dir(d) / table) for d in run_dirs)}; "
             "expected the folder of an experiment run by pipeline.search"
         )
-    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    return pl.concat([_read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def searched_params(trials: pl.DataFrame) -> list[str]:
+    """The standard hyperparameters plus any extra searched column (results.py gives each its own column)."""
+    extras = [c for c in trials.columns if c not in TRIAL_SCHEMA.names]
+    return [p for p in (*HYPERPARAMS, *extras) if p in trials.columns and trials[p].null_count() < trials.height]
+
+
+def _read_parquet(path: str) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except Exception as err:  # polars and pyarrow raise several types for a damaged file
+        raise ValueError(f"results file {path} is damaged ({type(err).__name__}); expected a Parquet file "
+                         "written by pipeline.search (delete it and resume the search to rewrite it)") from err

@@ -1,6 +1,6 @@
 """Builders for "after the search" tests: a small search run made the real way, without Ray.
 
-Each trial is a real `pipeline.train.Trainer` on the built-in data (tiny AOD-Net, 32 px
+Each trial is a real `pipeline.trainer.Trainer` on the built-in data (tiny AOD-Net, 32 px
 crops, 3 steps an epoch), checkpointed as the Ray trainable does
 (`<trial_dir>/checkpoint_XXXXXX/checkpoint.pt`) and reported through `pipeline.results`.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.config import compose_config
 from pipeline.data import PairStore
 from pipeline.results import STEP_METRICS, write_epoch_row, write_trial_row
-from pipeline.train import Trainer, load_store
+from pipeline.trainer import Trainer, load_store
 
 EPOCHS = 2
 TINY = ["train.epochs=2", "train.steps_per_epoch=3", "dataset.crop=32", "backbone=aodnet",
@@ -33,7 +33,7 @@ TRIALS = (
 
 
 def trial_config(mode: str, alpha: float, inner_lr: float, outer_lr: float, val_fraction: float) -> Any:
-    return compose_config([*TINY, f"mode={mode}", f"bild.entropy_coef={alpha}", f"train.inner_lr={inner_lr}",
+    return compose_config([*TINY, f"mode={mode}", f"bild.alpha={alpha}", f"train.inner_lr={inner_lr}",
                            f"train.outer_lr={outer_lr}", f"train.val_fraction={val_fraction}"])
 
 
@@ -43,7 +43,7 @@ def _identity(experiment: str, trial_id: str, cfg: Any) -> dict[str, Any]:
     return {
         "experiment": experiment, "trial_id": trial_id, "backbone": cfg.backbone.name,
         "preset": cfg.backbone.preset, "mode": cfg.mode, "dataset": cfg.dataset.name,
-        "inner_lr": cfg.train.inner_lr, "alpha": cfg.bild.entropy_coef if bild else None,
+        "inner_lr": cfg.train.inner_lr, "alpha": cfg.bild.alpha if bild else None,
         "outer_lr": cfg.train.outer_lr if bild else None, "val_fraction": cfg.train.val_fraction if bild else None,
     }
 

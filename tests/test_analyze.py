@@ -13,7 +13,10 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from pipeline.analyze import analyze, bootstrap_diff, main, patch_weights, render, write_plots
+from pipeline.analysis.patch_weights import patch_weights
+from pipeline.analysis.plots import write_plots
+from pipeline.analysis.report import analyze, bootstrap_diff, render
+from pipeline.analyze import main
 from pipeline.config import REPO_ROOT
 from pipeline.data import load_builtin
 from pipeline.results import read_table

@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NAMES = list_backbones()
 CHEAP_PRESETS = [(n, p) for n in NAMES for p in list_presets(n) if p in ("tiny", "small")]
 
-# Published sizes (DESIGN.md section 2); aodnet must match exactly.
+# Published sizes (docs/design.md, "Backbones"); aodnet must match exactly.
 PAPER_PARAMS = {
     "ffanet": 4_460_000,
     "msbdn": 31_350_000,

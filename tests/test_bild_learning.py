@@ -1,7 +1,7 @@
 """BILD learns something checkable: it down-weights training pairs whose target is wrong.
 
 30% of the training pool's pairs get the clear image of another scene as their target
-(pipeline/wrong_targets.py). After 300 CPU steps the per-crop reward must carry the signal
+(experiments/wrong_targets.py). After 300 CPU steps the per-crop reward must carry the signal
 (right crops' alignments beat wrong ones' more often than not) and the reweighter's mean
 weight on the wrong pairs must be clearly below its mean weight on the right ones.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.wrong_targets import reward_auc, run_wrong_targets
+from experiments.wrong_targets import reward_auc, run_wrong_targets
 
 # A validation split that holds enough scenes (30%) and batches of m = 10 validation crops
 # make g_v representative; with m = 4 crops from 10% of 57 scenes the per-crop alignment
-# mostly measures likeness to a handful of validation scenes (README, "Does BILD learn?").
+# mostly measures likeness to a handful of validation scenes (docs/experiments.md).
 SETTINGS = [
     "backbone=ffanet",
     "backbone.preset=tiny",
@@ -27,11 +27,11 @@ SETTINGS = [
 
 
 def test_reweighter_down_weights_wrong_targets() -> None:
-    # Over ten seeds this holds on six (README, "Does BILD learn?"), and a change in the last
+    # Over ten seeds this holds on six (docs/experiments.md), and a change in the last
     # bit of the rewards can flip seed 0: the test pins one measured trajectory, so a change
-    # to the BILD step that breaks it must be re-measured with benchmarks/wrong_targets.py.
+    # to the BILD step that breaks it must be re-measured with experiments/wrong_targets.py.
     result = run_wrong_targets(SETTINGS, fraction=0.3, seed=0)
-    print(result)  # the PSNR of both modes is measured too; see benchmarks/wrong_targets.py
+    print(result)  # the PSNR of both modes is measured too; see experiments/wrong_targets.py
     assert result["reward_auc"] > 0.55, result
     assert result["weight_wrong"] < 0.85 * result["weight_right"], result
     assert result["bild_ess"] > 2.0, "the KL barrier must keep the weights off a few crops"
@@ -41,7 +41,7 @@ def test_bild_beats_plain_when_the_training_split_holds_wrong_targets() -> None:
     # The issue's criterion in full: 30% of BILD's training pairs carry a wrong target, its
     # validation split is clean. Same data, steps and seed for both modes. Measured on five
     # seeds, BILD is ahead on three and down-weights the wrong pairs on four; seed 0 does both
-    # (README). Like the test above, this pins one trajectory.
+    # (docs/experiments.md). Like the test above, this pins one trajectory.
     result = run_wrong_targets(SETTINGS, fraction=0.3, seed=0, corrupt="train")
     assert result["weight_wrong"] < 0.85 * result["weight_right"], result
     assert result["bild_select_psnr"] > result["plain_select_psnr"], result

@@ -30,6 +30,13 @@ from pipeline.bild import (
 from pipeline.bild.reweighter import local_correlation
 
 
+def _cfg(**changes: object) -> BildConfig:
+    """A BildConfig for step tests: the default policy with alpha 0.1, changed by ``changes``."""
+    settings = dict(mode="bild", alpha=0.1, temperature=1.0, weighting="softmax", estimator="fd",
+                    reward_norm="batch", regulariser="uniform_kl")
+    return BildConfig(**{**settings, **changes})
+
+
 def _problem(name: str, dtype: torch.dtype, n: int = 6, size: int = 24, seed: int = 0):
     """A backbone at theta_{t-1}, a validation gradient at theta_t after one Adam step, and n crops."""
     torch.manual_seed(seed)
@@ -97,7 +104,7 @@ def test_jvp_runs_on_every_backbone_or_falls_back_with_a_reason(name: str, caplo
     nets = _tiny_nets(name, 1e-2)
     batch = CropBatch(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
     with caplog.at_level(logging.WARNING):
-        stats = bild_step(batch, nets, BildConfig(estimator="jvp"))
+        stats = bild_step(batch, nets, _cfg(estimator="jvp"))
     assert stats.estimator == "jvp" or (stats.estimator == "fd" and "jvp alignment unsupported" in caplog.text)
     assert np.isfinite(stats.reward_mean)
 
@@ -147,13 +154,13 @@ def test_only_the_uniform_kl_pulls_a_collapsed_weight_back() -> None:
     assert abs(pulls["entropy"]) < 1e-4 < pulls["uniform_kl"]
 
 
-def _policy_grad(align: torch.Tensor, entropy_coef: float = 0.0) -> list[torch.Tensor]:
+def _policy_grad(align: torch.Tensor, alpha: float = 0.0) -> list[torch.Tensor]:
     torch.manual_seed(0)
     reweighter = Reweighter(width=4, depth=2)
     torch.nn.init.normal_(reweighter.head.weight, std=0.5)  # non-uniform weights, as mid-training
     hazy, clear = torch.rand(align.numel(), 3, 16, 16), torch.rand(align.numel(), 3, 16, 16)
     log_w = crop_log_weights(reweighter(hazy, clear))
-    rewards = crop_rewards(log_w.detach(), align, entropy_coef, "none")
+    rewards = crop_rewards(log_w.detach(), align, alpha, "none", "entropy")
     return torch.autograd.grad(policy_loss(rewards, log_w), list(reweighter.parameters()))
 
 
@@ -168,14 +175,14 @@ def test_per_crop_signal_gives_nonzero_policy_gradient() -> None:
     assert max(g.abs().max().item() for g in grads) > 1e-3
 
 
-def _trained_weights(entropy_coef: float, steps: int = 300, regulariser: str = "entropy") -> torch.Tensor:
+def _trained_weights(alpha: float, steps: int = 300, regulariser: str = "entropy") -> torch.Tensor:
     """Free scores as the policy, a fixed reward favouring the first two of eight crops."""
     scores = torch.zeros(8, requires_grad=True)
     opt = torch.optim.Adam([scores], lr=0.1)
     align = torch.tensor([1.0, 1.0, -1, -1, -1, -1, -1, -1])
     for _ in range(steps):
         log_w = crop_log_weights(scores)
-        loss = policy_loss(crop_rewards(log_w.detach(), align, entropy_coef, "batch", regulariser), log_w)
+        loss = policy_loss(crop_rewards(log_w.detach(), align, alpha, "batch", regulariser), log_w)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -184,19 +191,19 @@ def _trained_weights(entropy_coef: float, steps: int = 300, regulariser: str = "
 
 @pytest.mark.parametrize("regulariser", ["entropy", "uniform_kl"])
 def test_large_alpha_keeps_weights_uniform(regulariser: str) -> None:
-    weights = _trained_weights(entropy_coef=1e3, regulariser=regulariser)
+    weights = _trained_weights(alpha=1e3, regulariser=regulariser)
     assert (weights - 1).abs().max() < 0.05
 
 
 @pytest.mark.parametrize("regulariser", ["entropy", "uniform_kl"])
 def test_zero_alpha_concentrates_weights_on_rewarded_crops(regulariser: str) -> None:
-    weights = _trained_weights(entropy_coef=0.0, regulariser=regulariser)
+    weights = _trained_weights(alpha=0.0, regulariser=regulariser)
     assert weights[:2].sum() > 0.95 * 8
 
 
 def test_moderate_uniform_kl_keeps_every_weight_off_zero() -> None:
     # The log barrier's equilibrium: the unrewarded crops keep a finite share, unlike alpha = 0.
-    weights = _trained_weights(entropy_coef=1.0, regulariser="uniform_kl", steps=600)
+    weights = _trained_weights(alpha=1.0, regulariser="uniform_kl", steps=600)
     assert weights[:2].min() > weights[2:].max() and weights[2:].min() > 0.05
 
 
@@ -205,7 +212,7 @@ def test_bild_step_moves_the_reweighter_and_reports_stats() -> None:
     reweighter = nets.reweighter
     before = [p.detach().clone() for p in reweighter.parameters()]
     batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
-    stats = bild_step(batch, nets, BildConfig())
+    stats = bild_step(batch, nets, _cfg())
     assert any(not torch.equal(a, b) for a, b in zip(before, reweighter.parameters()))
     assert set(stats.times) == {"inner", "val_grad", "reward", "outer"}
     assert 1.0 <= stats.ess <= 6.0 + 1e-6 and stats.max_weight >= 1.0 - 1e-6
@@ -220,7 +227,7 @@ def test_plain_step_uses_uniform_weights() -> None:
     torch.manual_seed(0)
     backbone = create_backbone("aodnet", "tiny")
     nets = BildNets(backbone, torch.optim.Adam(backbone.parameters(), 1e-3))
-    stats = bild_step(CropBatch(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)), nets, BildConfig(mode="plain"))
+    stats = bild_step(CropBatch(torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)), nets, _cfg(mode="plain"))
     assert stats.loss == pytest.approx(stats.crop_loss)
     assert np.isnan(stats.reward_mean) and set(stats.times) == {"inner"}
 
@@ -232,15 +239,15 @@ def test_nan_loss_stops_before_touching_parameters() -> None:
     hazy = torch.rand(2, 3, 32, 32)
     hazy[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match="training loss is nan"):
-        bild_step(CropBatch(hazy, torch.rand(2, 3, 32, 32)), nets, BildConfig(mode="plain"))
+        bild_step(CropBatch(hazy, torch.rand(2, 3, 32, 32)), nets, _cfg(mode="plain"))
     assert all(torch.equal(a, b) for a, b in zip(before, backbone.parameters()))
 
 
 def test_bad_bild_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="estimator='magic'"):
-        BildConfig(estimator="magic")
+        _cfg(estimator="magic")
     with pytest.raises(ValueError, match="regulariser='l2'"):
-        BildConfig(regulariser="l2")
+        _cfg(regulariser="l2")
 
 
 def test_unbounded_batch_normalised_reweighter_scores_and_trains() -> None:
@@ -257,7 +264,7 @@ def test_unbounded_batch_normalised_reweighter_scores_and_trains() -> None:
     nets.reweighter = reweighter
     nets.outer_opt = torch.optim.Adam(reweighter.parameters(), 1e-1)
     batch = CropBatch(hazy, clear, torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16))
-    stats = bild_step(batch, nets, BildConfig(regulariser="uniform_kl"))
+    stats = bild_step(batch, nets, _cfg(regulariser="uniform_kl"))
     assert np.isfinite(stats.reward_mean) and 1.0 <= stats.ess <= 6.0 + 1e-6
 
 
@@ -278,7 +285,7 @@ def test_pair_consistency_adds_three_features_and_trains() -> None:
     nets.reweighter, nets.outer_opt = reweighter, torch.optim.Adam(reweighter.parameters(), 1e-1)
     batch = CropBatch(torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16), torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16))
     before = reweighter.head.weight.detach().clone()
-    stats = bild_step(batch, nets, BildConfig(regulariser="uniform_kl"))
+    stats = bild_step(batch, nets, _cfg(regulariser="uniform_kl"))
     assert np.isfinite(stats.reward_mean) and not torch.equal(before, reweighter.head.weight)
 
 
@@ -297,6 +304,6 @@ def test_bf16_autocast_in_channels_last_keeps_the_alignments(name: str) -> None:
         nets = BildNets(copy.deepcopy(backbone), None, copy.deepcopy(reweighter), None)
         nets.inner_opt = torch.optim.Adam(nets.backbone.parameters(), 1e-3)
         nets.outer_opt = torch.optim.Adam(nets.reweighter.parameters(), 1e-2)
-        align[amp] = bild_step(batch, nets, BildConfig(amp=amp)).crop_align.numpy()
+        align[amp] = bild_step(batch, nets, _cfg(amp=amp)).crop_align.numpy()
     assert np.isfinite(align[True]).all()
     assert np.corrcoef(align[False], align[True])[0, 1] > 0.999

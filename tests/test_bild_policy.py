@@ -1,10 +1,10 @@
-"""The reweighting policy follows its reward when the reward is known (pipeline/policy_check.py).
+"""The reweighting policy follows its reward when the reward is known (experiments/policy_check.py).
 
 The reward d_i is replaced by the clear crop's brightness plus noise three times the batch's
 brightness spread (about as weak as BILD's real reward against wrong targets). The default
 policy (unbounded scores, KL-from-uniform barrier, batch-standardised features) must end with
 weights that rise with brightness. The paper's tanh-bounded entropy policy does not on 2 of 5
-seeds, seed 0 included: it freezes with the correlation near -0.8 (README, "Does BILD learn?").
+seeds, seed 0 included: it freezes with the correlation near -0.8 (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 # The wrong-target experiment's settings (tests/ is on the path, as for helpers.py).
 from test_bild_learning import SETTINGS
 
-from pipeline.policy_check import policy_follows_reward
+from experiments.policy_check import policy_follows_reward
 
 PAPER_POLICY = ["policy=paper"]
 

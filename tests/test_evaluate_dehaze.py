@@ -19,14 +19,15 @@ from skimage import data as skdata
 
 from conftest import REALDATA, write_image
 from pipeline import dehaze, evaluate
-from pipeline.baselines import _box_mean, dark_channel, dark_channel_prior
+from pipeline.evaluation import dehazing, scoring
+from pipeline.evaluation.baselines import _box_mean, dark_channel, dark_channel_prior
 from pipeline.config import REPO_ROOT
 from pipeline.data import to_tensor
 from pipeline.data.images import decode_image, fit_max_side
-from pipeline.inference import dehaze_tensor
-from pipeline.metrics import psnr
+from pipeline.evaluation.inference import dehaze_tensor
+from pipeline.evaluation.metrics import psnr
 from pipeline.models import load_model
-from pipeline.promote import promote
+from pipeline.models.promotion import promote
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -75,7 +76,7 @@ def test_evaluate_generated_folder(make_dataset: Callable[..., Path], model_dir:
     summary = capsys.readouterr().out
     assert all(name in summary for name in ("hazy", "dcp", "aodnet/v1"))
     rows = pl.read_parquet(out)
-    assert rows.height == 9 and list(rows.columns) == list(evaluate.ROW_SCHEMA)
+    assert rows.height == 9 and list(rows.columns) == list(scoring.ROW_SCHEMA)
     assert rows.group_by("method").len().sort("method")["len"].to_list() == [3, 3, 3]
     assert set(rows["scene"]) == {"1", "2"} and set(rows["height"]) == {40} and set(rows["width"]) == {48}
     first = rows.filter((pl.col("method") == "hazy") & pl.col("image").str.ends_with("1_1.png")).row(0, named=True)
@@ -99,8 +100,8 @@ def test_evaluate_sots_indoor(model_dir: Path, capsys: pytest.CaptureFixture[str
     summary = capsys.readouterr().out
     with capsys.disabled():
         print(f"\nSOTS-indoor, 6 images spread over the scenes:\n{summary}")
-    rows = evaluate.evaluate(model_dir, "sots-indoor", REALDATA / "sots_indoor", max_images=2, device="cpu")
-    means = evaluate.summarize(rows).select("method", "psnr").rows_by_key("method", unique=True)
+    rows = scoring.evaluate(model_dir, "sots-indoor", REALDATA / "sots_indoor", max_images=2, device="cpu")
+    means = scoring.summarize(rows).select("method", "psnr").rows_by_key("method", unique=True)
     assert rows["scene"].n_unique() == 2 and means["dcp"][0] > means["hazy"][0]  # DCP does dehaze real haze
 
 
@@ -176,13 +177,13 @@ def test_dehaze_paths_reports_each_failure(model_dir: Path, tmp_path: Path) -> N
     write_image(folder / "b.JPEG", (30, 40))
     (folder / "notes.txt").write_text("ignored: not an image name")
     (tmp_path / "c.gif").write_bytes(b"GIF89a")
-    result = dehaze.dehaze_paths([folder, tmp_path / "missing.png", tmp_path / "c.gif"], model_dir,
+    result = dehazing.dehaze_paths([folder, tmp_path / "missing.png", tmp_path / "c.gif"], model_dir,
                                  tmp_path / "out", device="cpu", progress=False)
     assert sorted(Path(p).name for p in result["done"]) == ["a.png", "b.JPEG"]
     reasons = dict(result["failed"])
     assert "does not exist" in reasons[str(tmp_path / "missing.png")]
     assert "not an image file name" in reasons[str(tmp_path / "c.gif")]
-    again = dehaze.dehaze_paths([folder], model_dir, folder, device="cpu", progress=False)
+    again = dehazing.dehaze_paths([folder], model_dir, folder, device="cpu", progress=False)
     assert not again["done"] and all("overwrite the input" in r for _, r in again["failed"])
 
 

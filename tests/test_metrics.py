@@ -10,7 +10,7 @@ import torch
 from skimage import data as skdata
 from skimage.metrics import structural_similarity
 
-from pipeline.metrics import psnr, ssim
+from pipeline.evaluation.metrics import psnr, ssim
 
 
 def test_psnr_of_a_known_mse() -> None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipeline.models import MODEL_FORMAT, load_model
-from pipeline.promote import NoFinishedTrialError, best_trial, main, promote
+from pipeline.models.promotion import NoFinishedTrialError, best_trial, promote
+from pipeline.promote import main
 from pipeline.results import read_table, write_trial_row
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -17,6 +17,8 @@ import pytest
 import ray
 from ray import tune
 
+from faults import dies_once_at_epoch, nan_at_epoch
+
 from pipeline.results import EPOCH_SCHEMA, TRIAL_SCHEMA, read_table
 from pipeline.search import main, search
 from pipeline.tune import SearchSpaceError
@@ -75,15 +77,17 @@ def test_search_both_modes_writes_parquet_that_matches_ray(tmp_path: Path) -> No
     assert epochs["select_psnr"].is_finite().all()
 
     # ... and on to a promoted model, its report, and dehazed photos, as a user would go.
-    from pipeline import analyze, dehaze, evaluate, promote
+    from pipeline import analyze, dehaze
+    from pipeline.evaluation import scoring
+    from pipeline.models.promotion import promote
 
     assert analyze.main([str(exp), "--format", "json"]) == 0
-    card = promote.promote(exp, tmp_path / "models")
+    card = promote(exp, tmp_path / "models")
     best = trials.sort("best_select_psnr", descending=True).row(0, named=True)
     assert card["source"]["trial_id"] == best["trial_id"] and card["test"]["psnr"] > 0
     model = tmp_path / "models" / "aodnet"
     bench = _generic_folder(tmp_path / "bench", pairs=2)
-    rows = evaluate.evaluate(model, "generic", bench)
+    rows = scoring.evaluate(model, "generic", bench)
     assert set(rows["method"]) == {"hazy", "dcp", "aodnet/v1"} and rows.height == 6
     assert dehaze.main([str(bench / "hazy"), "--model", str(model), "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.JPG"]
@@ -111,7 +115,7 @@ def test_bad_flags_fail_clearly_before_ray_starts(
 
 def test_malformed_search_space_names_file_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "space.yaml"
-    bad.write_text("metric: select_psnr\nspace:\n  alpha: {key: bild.entropy_coef, type: float, low: 2.0, high: 1.0}\n")
+    bad.write_text("metric: select_psnr\nspace:\n  alpha: {key: bild.alpha, type: float, low: 2.0, high: 1.0}\n")
     with pytest.raises(SearchSpaceError, match=r"space\.yaml: space\.alpha"):
         search([*TINY, "--storage", str(tmp_path), "--search-space", str(bad)])
     bad.write_text("space:\n  alpha: {key: bild.no_such_key, type: float, low: 0.1, high: 1.0}\n")
@@ -122,8 +126,8 @@ def test_malformed_search_space_names_file_and_key(tmp_path: Path) -> None:
 
 def test_killed_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     # With the paper's policy, so that --policy is seen reaching a trial and its checkpoints too.
-    summary = search(_argv(tmp_path, "crash", "--trials", "1", "--epochs", "3", "--policy", "paper",
-                           "faults.crash_once_at_epoch=2"))
+    summary = search(_argv(tmp_path, "crash", "--trials", "1", "--epochs", "3", "--policy", "paper"),
+                     trainable=dies_once_at_epoch(2))
     exp = Path(summary["experiment_dir"])
     assert "regulariser: entropy" in (exp / "config.yaml").read_text()
     trials, epochs = read_table([exp], "trials"), read_table([exp], "epochs")
@@ -135,7 +139,7 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 
 
 def test_nan_loss_ends_the_trial_not_the_search(tmp_path: Path) -> None:
-    summary = search(_argv(tmp_path, "nan", "--trials", "2", "--epochs", "3", "faults.nan_at_epoch=2"))
+    summary = search(_argv(tmp_path, "nan", "--trials", "2", "--epochs", "3"), trainable=nan_at_epoch(2))
     trials = read_table([Path(summary["experiment_dir"])], "trials")
     # Every trial is poisoned at epoch 2, unless ASHA stopped it after epoch 1.
     assert "NONFINITE" in trials["status"].to_list() and trials["status"].is_in(["NONFINITE", "STOPPED"]).all()

@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 from pipeline.backbones import list_backbones
 from pipeline.bild import build_reweighter
 from pipeline.config import compose_config, saved_config
-from pipeline.train import Trainer, bild_config, load_checkpoint, main, train
+from pipeline.checkpoints import load_checkpoint
+from pipeline.train import main
+from pipeline.trainer import Trainer, bild_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["progress=false", "dataset.crop=32"]
@@ -155,10 +157,10 @@ def test_resume_keeps_the_runs_own_policy_and_says_what_it_ignores(tmp_path: Pat
     assert main([*base, "--epochs", "1", "--policy", "paper"]) == 0
     assert main([*base, "--epochs", "2", "--alpha", "0.5", "--resume"]) == 0
     out = capsys.readouterr().out
-    assert "ignored from this command" in out and "bild.entropy_coef=0.5" in out and "bild.regulariser='uniform_kl'" in out
+    assert "ignored from this command" in out and "bild.alpha=0.5" in out and "bild.regulariser='uniform_kl'" in out
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and ckpt["config"]["bild"]["regulariser"] == "entropy"
-    assert ckpt["config"]["bild"]["entropy_coef"] == 1.0 and ckpt["config"]["train"]["epochs"] == 2
+    assert ckpt["config"]["bild"]["alpha"] == 1.0 and ckpt["config"]["train"]["epochs"] == 2
 
 
 def test_resume_of_a_run_saved_before_an_option_existed_takes_the_commands_value(tmp_path: Path) -> None:

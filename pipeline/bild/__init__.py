@@ -8,6 +8,7 @@ from .alignment import ESTIMATORS, alignment_fd, alignment_jvp, alignment_loop, 
 from .reweighter import WEIGHTINGS, Reweighter, build_reweighter, crop_log_weights
 from .step import (
     MODES,
+    AlignmentFn,
     REGULARISERS,
     REWARD_NORMS,
     BildConfig,
@@ -23,6 +24,7 @@ from .step import (
 )
 
 __all__ = [
+    "AlignmentFn",
     "ESTIMATORS",
     "MODES",
     "REGULARISERS",

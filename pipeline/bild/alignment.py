@@ -11,7 +11,7 @@ gradient would also have lowered the validation loss. Three estimators:
   theta_{t-1}: exact, all d_i at once, about the cost of a forward plus a backward.
 - ``loop``: n backward passes, one per crop. The exact reference, for tests only.
 
-benchmarks/step_cost.py measured ``fd`` as the cheapest (see README), hence the default.
+benchmarks/step_cost.py measured ``fd`` as the cheapest (docs/benchmarks.md), hence the default.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ class Reweighter(nn.Module):
     """A small strided CNN over the hazy and clear crops stacked (6 channels) -> one score.
 
     Kept deliberately cheap: it runs on every training crop of every BILD step, so its
-    cost is part of the step-cost budget (DESIGN.md section 5).
+    cost is part of the step-cost budget (docs/benchmarks.md, "Step cost").
 
-    The defaults are the policy that follows a known reward on every seed measured (README,
+    The defaults are the policy that follows a known reward on every seed measured (docs/experiments.md,
     "Does BILD learn?"):
     - ``score_bound=0``: unbounded scores; the ``uniform_kl`` regulariser bounds the weights.
       b > 0 maps scores into [-b, b] with a tanh (weight ratios up to e^(2b)).
@@ -50,7 +50,7 @@ class Reweighter(nn.Module):
         # gradient (R_i has a factor w_i) and not even the entropy brings the crop back. A tanh
         # bound stops that but has a trap of its own: the scores reach its flat ends within ~20
         # steps and the split freezes there. The KL barrier pulls a collapsing weight back instead
-        # (README, "Does BILD learn?"). Centring costs nothing (softmax ignores a common shift).
+        # (docs/experiments.md). Centring costs nothing (softmax ignores a common shift).
         self.score_bound = score_bound
         layers: list[nn.Module] = []
         channels = 6

@@ -9,7 +9,7 @@ Symbols -> names:
   d_i              ``alignment``               < g_v , grad_theta l_i(theta_{t-1}) >
   Omega(w)         ``cfg.regulariser``         -H(w / sum w) (the paper's), or KL(uniform || w / sum w):
                                                minimising either spreads the weights
-  alpha            ``cfg.entropy_coef``
+  alpha            ``cfg.alpha``
   R_i              ``rewards``                 w_i * (d_i - alpha * dOmega/dw_i)      (eq. 6)
   eta_1, eta_2     inner / outer learning rates (live in the two optimisers)
 
@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +39,7 @@ from .alignment import ESTIMATORS, Params, alignment_fd, alignment_jvp, alignmen
 from .reweighter import crop_log_weights
 
 __all__ = [
+    "AlignmentFn",
     "MODES",
     "REWARD_NORMS",
     "BildConfig",
@@ -86,13 +88,15 @@ class BildNets:
 
 @dataclass
 class BildConfig:
-    mode: str = "bild"
-    entropy_coef: float = 0.1  # alpha
-    temperature: float = 1.0  # tau in the softmax
-    weighting: str = "softmax"  # or "sigmoid" (normalised)
-    estimator: str = "fd"  # "fd" | "jvp" | "loop"
-    reward_norm: str = "batch"  # standardise d within the batch before eq. 6
-    regulariser: str = "uniform_kl"  # Omega: "uniform_kl" (KL(u || p), a log barrier) | "entropy" (-H, the paper's)
+    """The step's settings; their defaults live in the config (``pipeline/conf``), not here."""
+
+    mode: str  # plain | bild | bild-train
+    alpha: float  # the regulariser's coefficient in eq. 6
+    temperature: float  # tau in the softmax
+    weighting: str  # "softmax" | "sigmoid" (normalised)
+    estimator: str  # "fd" | "jvp" | "loop"
+    reward_norm: str  # "batch": standardise d within the batch before eq. 6 | "none"
+    regulariser: str  # Omega: "uniform_kl" (KL(u || p), a log barrier) | "entropy" (-H, the paper's)
     amp: bool = False  # bf16 autocast for the backbone's forward passes
     sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
 
@@ -106,10 +110,9 @@ class BildConfig:
         ]:
             if value not in valid:
                 raise ValueError(f"BILD {name}={value!r} is not valid; expected one of {', '.join(valid)}")
-        if self.entropy_coef < 0 or self.temperature <= 0:
-            raise ValueError(
-                f"BILD needs entropy_coef >= 0 and temperature > 0, got {self.entropy_coef}, {self.temperature}"
-            )
+        if not (math.isfinite(self.alpha) and self.alpha >= 0) or not (math.isfinite(self.temperature)
+                                                                        and self.temperature > 0):
+            raise ValueError(f"BILD needs bild.alpha >= 0 and bild.temperature > 0, got {self.alpha}, {self.temperature}")
 
 
 @dataclass
@@ -141,7 +144,7 @@ def entropy_grad(log_weights: torch.Tensor) -> torch.Tensor:
     return (log_p + entropy) / log_weights.exp().sum()
 
 
-def regulariser_pull(log_weights: torch.Tensor, kind: str = "entropy") -> torch.Tensor:
+def regulariser_pull(log_weights: torch.Tensor, kind: str) -> torch.Tensor:
     """w_i * dOmega/dw_i, the regulariser's share of eq. 6 (R_i = w_i d_i - alpha * this). (n,) -> (n,).
 
     With p = w / sum w:
@@ -159,7 +162,7 @@ def regulariser_pull(log_weights: torch.Tensor, kind: str = "entropy") -> torch.
 
 
 def crop_rewards(
-    log_weights: torch.Tensor, align: torch.Tensor, entropy_coef: float, reward_norm: str, regulariser: str = "entropy"
+    log_weights: torch.Tensor, align: torch.Tensor, alpha: float, reward_norm: str, regulariser: str
 ) -> torch.Tensor:
     """Eq. 6, per crop: R_i = w_i * (d_i - alpha * dOmega/dw_i). Inputs detached, (n,) -> (n,)."""
     if reward_norm == "batch" and align.numel() > 1:
@@ -167,9 +170,9 @@ def crop_rewards(
         # rescale makes alpha comparable across backbones, steps and learning rates.
         align = (align - align.mean()) / (align.std() + 1e-12)
     if regulariser == "entropy":  # eq. 6 as the paper writes it
-        return log_weights.exp() * (align - entropy_coef * entropy_grad(log_weights))
+        return log_weights.exp() * (align - alpha * entropy_grad(log_weights))
     # w_i * dOmega/dw_i directly: dOmega/dw_i = 1/S - 1/(n w_i) overflows where a weight underflows.
-    return log_weights.exp() * align - entropy_coef * regulariser_pull(log_weights, regulariser)
+    return log_weights.exp() * align - alpha * regulariser_pull(log_weights, regulariser)
 
 
 def policy_loss(rewards: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
@@ -206,8 +209,16 @@ def _check_finite(loss: torch.Tensor, what: str) -> None:
         raise NonFiniteLossError(f"{what} is {loss.item()}: stopping before the optimiser step")
 
 
-def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig) -> StepStats:
-    """Run one step of stages 1-6 (DESIGN.md section 1) and return its statistics."""
+# Stage 4 as a replaceable function: (backbone, theta_{t-1}, g_v, batch, l_i(theta_{t-1})) -> (d (n,), its name).
+# Studies of the method pass their own (a known synthetic reward, say) to bild_step.
+AlignmentFn = Callable[[nn.Module, Params, Params, CropBatch, torch.Tensor], tuple[torch.Tensor, str]]
+
+
+def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: AlignmentFn | None = None) -> StepStats:
+    """Run one step of stages 1-6 (docs/design.md) and return its statistics.
+
+    ``alignment`` replaces stage 4's estimator (``cfg.estimator``) when given.
+    """
     backbone, device = nets.backbone, batch.hazy.device
     clock = _StageClock(device, cfg.sync_timing)
     reweight = cfg.mode != "plain"
@@ -244,10 +255,11 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig) -> StepStats:
     clock.lap("val_grad")
 
     # 4. Alignment d_i = < g_v , grad l_i(theta_{t-1}) >, one number per crop.
-    align, estimator = _alignment_with_fallback(cfg, backbone, old_params, grad_val, batch, crop_losses)
+    estimate = alignment or (lambda *args: _alignment_with_fallback(cfg, *args))
+    align, estimator = estimate(backbone, old_params, grad_val, batch, crop_losses)
 
     # 5. Rewards (eq. 6).
-    rewards = crop_rewards(log_w.detach(), align, cfg.entropy_coef, cfg.reward_norm, cfg.regulariser)  # (n,)
+    rewards = crop_rewards(log_w.detach(), align, cfg.alpha, cfg.reward_norm, cfg.regulariser)  # (n,)
     clock.lap("reward")
 
     # 6. Outer step (eq. 7): phi_t = Adam step on -(1/n) sum_i R_i log w_i.

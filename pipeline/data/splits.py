@@ -1,7 +1,7 @@
 """Scene-disjoint splits.
 
 SOTS renders each clear scene 10 times, so splitting by image would leak a scene
-across sets. Three fixed sets come from `split_by_scene` (DESIGN.md section 1):
+across sets. Three fixed sets come from `split_by_scene` (docs/design.md, "Data splits"):
 a train pool, a selection set (the metric the search ranks trials by) and a test
 set (reported for promoted models only). Each trial then splits its train pool
 into its own train and validation sets with `split_train_val`, since the

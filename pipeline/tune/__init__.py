@@ -1,7 +1,8 @@
 """Ray Tune and Optuna at the edge: the only package that imports them.
 
-``runner.py`` builds and runs a search, ``trainable.py`` is the training actor,
-``callback.py`` writes the Parquet results, ``space.py`` reads declarative search spaces.
+``experiment.py`` turns a user's request into a validated search, ``runner.py`` builds and
+runs it on Ray, ``trainable.py`` is the training actor, ``callback.py`` writes the Parquet
+results, ``space.py`` reads declarative search spaces.
 """
 
 from .runner import SearchOptions, run_search, start_ray

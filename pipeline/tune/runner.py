@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 import ray
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
@@ -28,11 +28,16 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from ..data import PairStore
+from ..files import atomic_write_text
+from ..results import HYPERPARAM_KEYS
 from .callback import ParquetResultsCallback
-from .space import SearchSpace
+from .space import SearchSpace, make_sampler
 from .trainable import train_trial
 
-__all__ = ["SearchOptions", "start_ray", "run_search"]
+__all__ = ["SearchOptions", "Trainable", "start_ray", "run_search"]
+
+# What each trial runs: ``train_trial``'s signature (config, *, base_cfg, space, store).
+Trainable = Callable[..., None]
 
 
 @dataclass
@@ -45,7 +50,7 @@ class SearchOptions:
     concurrency: int
     cpus_per_trial: float
     gpus_per_trial: float
-    seed: int
+    seed: int | None  # the sampler's seed; None: the search space's own
     address: str | None = None
     dashboard_host: str = "127.0.0.1"
     max_failures: int = 2
@@ -77,14 +82,16 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Ray's default names carry ',' and '=': awkward in a shell
 
 
-def _trainable(cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions) -> Any:
+def _trainable(cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
+               fn: Trainable) -> Any:
     base = OmegaConf.to_container(cfg, resolve=True)
-    fn = tune.with_parameters(train_trial, base_cfg=base, space=space, store=store_ref)
-    return tune.with_resources(fn, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    with_data = tune.with_parameters(fn, base_cfg=base, space=space, store=store_ref)
+    return tune.with_resources(with_data, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
-def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions) -> tune.Tuner:
-    trainable = _trainable(cfg, space, store_ref, opts)
+def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
+           fn: Trainable) -> tune.Tuner:
+    trainable = _trainable(cfg, space, store_ref, opts, fn)
     path = opts.experiment_dir / f"tune-{mode}"
     if tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -92,17 +99,14 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
         space=space.for_mode(mode),
         metric=space.metric,
         mode=space.mode,
-        sampler=optuna.samplers.TPESampler(seed=opts.seed, n_startup_trials=max(2, opts.trials // 3)),
+        sampler=make_sampler(space, opts.trials, opts.seed),
     )
     identity = {
         "experiment": opts.name,
         "backbone": cfg.backbone.name,
         "preset": cfg.backbone.preset,
         "dataset": cfg.dataset.name,
-        "alpha": cfg.bild.entropy_coef,
-        "inner_lr": cfg.train.inner_lr,
-        "outer_lr": cfg.train.outer_lr,
-        "val_fraction": cfg.train.val_fraction,
+        **{name: OmegaConf.select(cfg, key) for name, key in HYPERPARAM_KEYS.items()},
     }
     return tune.Tuner(
         trainable,
@@ -151,12 +155,16 @@ def _summary(mode: str, grid: tune.ResultGrid, space: SearchSpace) -> dict[str, 
     return summary
 
 
-def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: SearchOptions) -> dict[str, Any]:
-    """Run (or resume) the search for each mode; return a summary per mode and where things are."""
+def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: SearchOptions,
+               trainable: Trainable = train_trial) -> dict[str, Any]:
+    """Run (or resume) the search for each mode; return a summary per mode and where things are.
+
+    ``trainable`` is what each trial runs (``train_trial`` unless a caller wraps it).
+    """
     exp = opts.experiment_dir
-    exp.mkdir(parents=True, exist_ok=True)
-    (exp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (exp / "search.json").write_text(json.dumps(asdict(opts), indent=2))
+    atomic_write_text(exp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(exp / "search.json", json.dumps(asdict(opts), indent=2))
     store_ref = ray.put(store)  # one copy in the object store; trials on a node map it zero-copy
-    summaries = [_summary(mode, _tuner(mode, cfg, space, store_ref, opts).fit(), space) for mode in opts.modes]
+    summaries = [_summary(mode, _tuner(mode, cfg, space, store_ref, opts, trainable).fit(), space)
+                 for mode in opts.modes]
     return {"experiment_dir": str(exp), "results": str(exp / "results"), "modes": summaries}

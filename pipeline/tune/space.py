@@ -1,9 +1,11 @@
 """Declarative search spaces (``search_spaces/*.yaml``) -> validated specs -> Optuna distributions.
 
-A space file names the metric, mode, trial count, sampler seed and, per hyperparameter,
-the config key it sets, its type and range. Entries marked ``bild_only`` (alpha, the outer
-learning rate, the validation fraction) mean nothing to plain training and are left out
-of plain searches.
+A space file names the metric, mode, trial count, Optuna sampler and its seed and, per
+hyperparameter, the config key it sets, its type and range. A parameter's name is its
+config key's last part (``alpha`` sets ``bild.alpha``): one name from the file to the Parquet
+column. Entries marked ``bild_only`` (alpha, the outer learning rate, the validation
+fraction) mean nothing to plain training and are left out of plain searches. Any other
+top-level key is an error, so a typo cannot silently fall back to a default.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import REPO_ROOT
+from ..config import group_dir
+from ..results import METRICS
 
-__all__ = ["SearchSpaceError", "ParamSpec", "SearchSpace", "resolve_space_path", "load_search_space", "apply_params"]
+__all__ = [
+    "SAMPLERS", "SearchSpaceError", "ParamSpec", "SearchSpace", "resolve_space_path", "load_search_space",
+    "apply_params", "make_sampler",
+]
 
 _TYPES = ("float", "int", "categorical")
-_METRICS = ("select_psnr", "select_ssim")
+_TOP_KEYS = ("metric", "mode", "trials", "seed", "sampler", "space")
+SAMPLERS = ("tpe", "random")
 
 
 class SearchSpaceError(ValueError):
@@ -53,6 +60,7 @@ class SearchSpace:
     mode: str
     trials: int
     seed: int
+    sampler: str
     params: tuple[ParamSpec, ...]
 
     def for_mode(self, mode: str) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -70,7 +78,7 @@ def resolve_space_path(name_or_path: str) -> Path:
         if not path.is_file():
             raise SearchSpaceError(f"search space file {path} does not exist")
         return path
-    named = REPO_ROOT / "search_spaces" / f"{name_or_path}.yaml"
+    named = group_dir("search_spaces") / f"{name_or_path}.yaml"
     if not named.is_file():
         known = ", ".join(sorted(p.stem for p in named.parent.glob("*.yaml")))
         raise SearchSpaceError(f"unknown search space {name_or_path!r}; expected one of: {known}, or a YAML path")
@@ -81,11 +89,14 @@ def _param(source: str, name: str, raw: Any, cfg: DictConfig | None) -> ParamSpe
     where = f"{source}: space.{name}"
     if not isinstance(raw, dict):
         raise SearchSpaceError(f"{where} must be a mapping with key, type and range")
+    if isinstance(raw.get("key"), str) and raw["key"].rpartition(".")[2] != name:
+        raise SearchSpaceError(f"{where}: a parameter is named after the key it sets; expected "
+                               f"{raw['key'].rpartition('.')[2]!r} for key {raw['key']!r}")
     unknown = set(raw) - {"key", "type", "low", "high", "log", "choices", "bild_only"}
     if unknown:
         raise SearchSpaceError(f"{where} has unknown field(s) {sorted(unknown)}")
     if "key" not in raw:
-        raise SearchSpaceError(f"{where}.key is missing (the config key it sets, e.g. bild.entropy_coef)")
+        raise SearchSpaceError(f"{where}.key is missing (the config key it sets, e.g. bild.alpha)")
     if cfg is not None and OmegaConf.select(cfg, raw["key"], default=None) is None:
         raise SearchSpaceError(f"{where}.key={raw['key']!r} is not a key of the training config")
     kind = raw.get("type")
@@ -119,16 +130,31 @@ def space_from_dict(raw: Any, source: str, cfg: DictConfig | None = None) -> Sea
     """Validate an already-parsed space (a YAML file, or the ``search_space`` node of a config)."""
     if not isinstance(raw, dict) or not isinstance(raw.get("space"), dict) or not raw["space"]:
         raise SearchSpaceError(f"{source}: expected a mapping with a non-empty 'space' section")
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    if unknown:
+        raise SearchSpaceError(f"{source}: unknown top-level key(s) {unknown}; expected only {', '.join(_TOP_KEYS)}")
     metric, mode = raw.get("metric", "select_psnr"), raw.get("mode", "max")
-    if metric not in _METRICS:
-        raise SearchSpaceError(f"{source}: metric={metric!r}; expected one of {', '.join(_METRICS)} (the selection set)")
+    if metric not in METRICS:
+        raise SearchSpaceError(f"{source}: metric={metric!r}; expected one of {', '.join(METRICS)} (the selection set)")
     if mode != "max":
         raise SearchSpaceError(f"{source}: mode={mode!r}; expected max (both selection metrics grow with quality)")
-    trials, seed = raw.get("trials", 6), raw.get("seed", 0)
+    trials, seed, sampler = raw.get("trials", 6), raw.get("seed", 0), raw.get("sampler", "tpe")
     if not isinstance(trials, int) or trials < 1:
         raise SearchSpaceError(f"{source}: trials={trials!r}; expected a positive integer")
+    if not isinstance(seed, int):
+        raise SearchSpaceError(f"{source}: seed={seed!r}; expected an integer")
+    if sampler not in SAMPLERS:
+        raise SearchSpaceError(f"{source}: sampler={sampler!r}; expected one of {', '.join(SAMPLERS)}")
     params = tuple(_param(source, name, spec, cfg) for name, spec in raw["space"].items())
-    return SearchSpace(source, metric, mode, trials, int(seed), params)
+    return SearchSpace(source, metric, mode, trials, seed, sampler, params)
+
+
+def make_sampler(space: SearchSpace, trials: int, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The space's Optuna sampler, seeded by ``seed`` (``--seed``) or else by the space's own ``seed``."""
+    seed = space.seed if seed is None else seed
+    if space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, trials // 3))
 
 
 def apply_params(cfg: DictConfig, params: dict[str, Any], space: SearchSpace) -> DictConfig:

@@ -1,4 +1,4 @@
-"""The Ray Tune training actor: one trial = one :class:`pipeline.train.Trainer`, epoch by epoch.
+"""The Ray Tune training actor: one trial = one :class:`pipeline.trainer.Trainer`, epoch by epoch.
 
 Everything about training lives in the engine; this function only builds a Trainer from
 the experiment's config plus the trial's sampled hyperparameters, resumes it from Tune's
@@ -8,9 +8,6 @@ per epoch so that ASHA can stop it and Optuna can learn from it.
 
 from __future__ import annotations
 
-import math
-import os
-import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from ray import tune
 
 from ..bild import NonFiniteLossError
 from ..data import PairStore
-from ..train import Trainer
+from ..trainer import Trainer
 from .space import SearchSpace, apply_params
 
 __all__ = ["CHECKPOINT_FILE", "NONFINITE_PSNR", "train_trial"]
@@ -38,18 +35,6 @@ def _store_is_shared(store: PairStore) -> bool:
     return not store.hazy[0].flags.writeable
 
 
-def _inject_faults(trainer: Trainer, faults: dict[str, Any], trial_dir: Path) -> None:
-    """Test hooks (config ``faults.*``): kill this actor once, or poison a weight with NaN."""
-    epoch = trainer.epoch + 1
-    marker = trial_dir / ".crashed_once"
-    if faults.get("crash_once_at_epoch") == epoch and not marker.exists():
-        marker.touch()
-        os.kill(os.getpid(), signal.SIGKILL)  # the real thing: the actor dies mid-trial
-    if faults.get("nan_at_epoch") == epoch:
-        with torch.no_grad():
-            next(trainer.backbone.parameters()).fill_(math.nan)
-
-
 def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: SearchSpace, store: PairStore) -> None:
     """Function trainable: ``config`` holds the sampled hyperparameters and the mode.
 
@@ -57,7 +42,6 @@ def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: Sear
     a zero-copy, read-only view of the one copy in this node's object store.
     """
     ctx = tune.get_context()
-    trial_dir = Path(ctx.get_trial_dir())
     cfg = OmegaConf.create(base_cfg)
     OmegaConf.set_struct(cfg, False)
     cfg.mode = config["mode"]
@@ -77,9 +61,7 @@ def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: Sear
         "store_shared": _store_is_shared(store),
         **trainer.hazy_reference(),
     }
-    faults = OmegaConf.to_container(cfg.faults)
     while trainer.epoch < cfg.train.epochs:
-        _inject_faults(trainer, faults, trial_dir)
         try:
             metrics = {**trainer.train_epoch(), **trainer.evaluate("select")}
         except NonFiniteLossError as err:

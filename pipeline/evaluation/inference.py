@@ -7,29 +7,22 @@ memory for O-HAZE-sized photos) or downsampled-dehazed-upsampled. Conventions as
 
 from __future__ import annotations
 
-import argparse
 import math
+import os
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import PairStore, to_tensor, to_uint8
+from ..data import PairStore, to_tensor, to_uint8
 from .metrics import psnr, ssim
 
-__all__ = ["STRATEGIES", "add_inference_flags", "resolve_device", "dehaze_tensor", "dehaze_image", "centre_crop", "score_pairs"]
+__all__ = ["STRATEGIES", "TILE_OVERLAP", "resolve_device", "set_threads", "dehaze_tensor", "dehaze_image", "centre_crop",
+           "score_pairs"]
 
 STRATEGIES = ("whole", "tile", "resize")
-
-
-def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--strategy``, ``--tile`` and ``--device``: the same for every CLI that runs a model on whole images."""
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="models/<backbone>[/v<N>], a model.pt, or a training checkpoint.pt")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="tile", help="how images larger than --tile are run")
-    parser.add_argument("--tile", type=int, default=512, help="tile size, or the long side for resize (default 512)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+TILE_OVERLAP = 32  # pixels two neighbouring tiles share, blended so that no seam shows
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,6 +33,20 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} asked for CUDA but torch.cuda.is_available() is False")
     return device
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: ``threads``, or by default the CPUs this process may use; returns the count.
+
+    The default is never more than the CPUs the process is allowed (its affinity, which
+    containers and ``taskset`` narrow): extra threads only contend with each other.
+    """
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads={threads}; expected a positive number of CPU threads")
+    count = threads or available
+    torch.set_num_threads(count)
+    return count
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -69,13 +76,18 @@ def _tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int) -> torch.
 
 @torch.no_grad()
 def dehaze_tensor(
-    model: nn.Module, x: torch.Tensor, *, strategy: str = "whole", tile: int = 512, overlap: int = 32
+    model: nn.Module, x: torch.Tensor, *, strategy: str = "whole", tile: int = 512, overlap: int = TILE_OVERLAP
 ) -> torch.Tensor:
     """Dehaze (1,3,H,W) in [0,1] -> (1,3,H,W) in [0,1].
 
     ``tile`` splits images larger than ``tile`` into overlapping tiles; ``resize`` shrinks
     the long side to ``tile``, dehazes, and upsamples the result (cheaper, softer).
     """
+    if strategy == "tile" and tile <= 2 * overlap:
+        raise ValueError(f"--tile {tile} is too small for tiles that overlap by {overlap} px; "
+                         f"expected at least {2 * overlap + 1}")
+    if strategy == "resize" and tile < 1:
+        raise ValueError(f"--tile {tile}: expected a positive long side for --strategy resize")
     if strategy == "whole":
         y = model(x)
     elif strategy == "tile":

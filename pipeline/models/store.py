@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import build_from_kwargs
-from .train import CHECKPOINT_FORMAT, load_checkpoint
+from ..backbones import build_from_kwargs
+from ..checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 __all__ = [
     "MODEL_FORMAT",
@@ -43,11 +43,7 @@ LATEST_FILE = "LATEST"
 
 def save_model(path: str | os.PathLike, backbone: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Path:
     """Write ``model.pt`` atomically: ``backbone`` is {name, preset, kwargs} as in a training checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": MODEL_FORMAT, "backbone": backbone, "state_dict": state_dict}, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_checkpoint(path, {"format": MODEL_FORMAT, "backbone": backbone, "state_dict": state_dict})
 
 
 def resolve_model_file(path: str | os.PathLike) -> Path:

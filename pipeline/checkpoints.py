@@ -1,0 +1,90 @@
+"""Training checkpoints: the file format, saving and loading it safely, and the resume policy.
+
+A checkpoint (``bild-checkpoint/1``) is one ``torch.save`` of a plain dict: both networks'
+state dicts, both optimisers', the step, the random state, the resolved config and the data
+splits. It holds only tensors and Python scalars, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: a file that would need any other class to unpickle is
+refused by name before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import saved_config
+from .files import atomic_write
+
+__all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "load_checkpoint", "resumed_config", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "bild-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint or model of an expected format; the message names it."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` (a dict with ``format``) atomically: a crash never leaves half a file."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, formats: tuple[str, ...] = (CHECKPOINT_FORMAT,)) -> dict[str, Any]:
+    """Read a file written by :func:`save_checkpoint` (or another of ``formats``) without running code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    expected = f"expected one of the formats {', '.join(formats)}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} refused: it needs unpickling of more than tensors and plain data "
+                              f"({first}); only load files you trust, and convert them first") from err
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {err}); {expected}") from err
+    if not isinstance(state, dict) or state.get("format") not in formats:
+        raise CheckpointError(f"{path} is not a model file; {expected}")
+    return state
+
+
+# What a resumed run may take from the new command (how long, and where things are);
+# everything else is the run's own config.
+RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress", "threads")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value of a plain nested dict."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resumed_config(command: DictConfig, saved: dict[str, Any]) -> DictConfig:
+    """The run's saved config, with only ``RESUME_KEYS`` taken from the command (``--epochs 20 --resume``).
+
+    A run must go on as it started: today's defaults (a new reweighting policy, say) or a changed
+    flag would otherwise rebuild different networks under the saved weights. What the command
+    asks for and cannot change is printed, not silently dropped. Keys the run was saved without
+    (options added since) take the command's value: there is no other.
+    """
+    cfg = saved_config(saved)
+    was, asked = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (cfg, command))
+    for key in RESUME_KEYS:
+        OmegaConf.update(cfg, key, OmegaConf.select(command, key))
+    for key in asked.keys() - was.keys():
+        OmegaConf.update(cfg, key, asked[key])
+    ignored = [f"{k}={asked[k]!r} (the run has {was[k]!r})"
+               for k in asked if k not in RESUME_KEYS and k in was and asked[k] != was[k]]
+    if ignored:
+        print("resume keeps the run's own config; ignored from this command: " + ", ".join(ignored))
+    return cfg

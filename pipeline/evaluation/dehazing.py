@@ -1,0 +1,95 @@
+"""Dehazing image files of any size with a trained or promoted model.
+
+A folder stands for its PNG, JPEG and BMP files (any case; not recursive). Each output
+keeps its input's name and format under --out (JPEG at quality 95). A file that cannot be
+read or written is reported on stderr and skipped; the rest are done.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..data import DataError
+from ..data.images import IMAGE_EXTENSIONS, decode_image, is_image_file
+from ..files import atomic_write
+from ..models import load_model
+from .inference import STRATEGIES, dehaze_image, resolve_device
+
+__all__ = ["collect_inputs", "dehaze_paths"]
+
+JPEG_QUALITY = 95
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files to do, [(input, reason)] for inputs that are missing or not images)."""
+    files: list[Path] = []
+    failed: list[tuple[str, str]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if is_image_file(p))
+        elif not item.exists():
+            failed.append((str(item), "does not exist"))
+        elif item.suffix.lower() not in IMAGE_EXTENSIONS:
+            failed.append((str(item), f"not an image file name; expected one ending in {', '.join(IMAGE_EXTENSIONS)}"))
+        else:
+            files.append(item)
+    return files, failed
+
+
+def _save(image: np.ndarray, path: Path) -> None:
+    """Write atomically: an interrupted run never leaves half an image."""
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format=fmt, **options))
+
+
+def _target(src: Path, out_dir: Path, taken: dict[Path, Path]) -> Path:
+    dst = out_dir / src.name
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"writing {dst} would overwrite the input; choose another --out")
+    if dst in taken:
+        raise ValueError(f"{taken[dst]} already writes {dst}; inputs from different folders share this name")
+    taken[dst] = src
+    return dst
+
+
+def dehaze_paths(
+    inputs: Sequence[str | os.PathLike],
+    model_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    strategy: str = "tile",
+    tile: int = 512,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, list[Any]]:
+    """Dehaze files and folders into ``out_dir``; returns ``{"done": [output paths], "failed": [(input, reason)]}``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    model, _ = load_model(model_path)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder for the dehazed images")
+    out.mkdir(parents=True, exist_ok=True)
+    files, failed = collect_inputs(inputs)
+    done: list[str] = []
+    taken: dict[Path, Path] = {}
+    for src in tqdm(files, desc="dehaze", unit="img", disable=not progress):
+        try:
+            dst = _target(src, out, taken)
+            _save(dehaze_image(model, decode_image(src), dev, strategy=strategy, tile=tile), dst)
+        # RuntimeError: torch on an image the network cannot take (too small, out of memory).
+        except (DataError, ValueError, OSError, RuntimeError) as err:
+            failed.append((str(src), str(err)))
+            continue
+        done.append(str(dst))
+    return {"done": done, "failed": failed}

@@ -1,0 +1,252 @@
+"""The training engine: one run (plain, bild or bild-train) of one backbone, without Ray.
+
+:class:`Trainer` owns a run: the data splits, both networks, both optimisers and the crop
+random state. :func:`train` drives it epoch by epoch into a run folder, as
+``python -m pipeline.train`` does; the Ray Tune trainable (``pipeline.tune.trainable``)
+drives the same class one epoch per report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from .backbones import backbone_kwargs, build_from_kwargs
+from .bild import AlignmentFn, BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
+from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, resumed_config, save_checkpoint
+from .data import CropSampler, PairStore, load_dataset, split_by_scene, split_train_val
+from .evaluation.inference import resolve_device, score_pairs, set_threads
+from .files import atomic_write_text
+
+__all__ = ["STEP_STATS", "StepCallback", "Trainer", "bild_config", "format_epoch", "load_store", "train"]
+
+StepCallback = Callable[[CropBatch, StepStats], None]
+STEP_STATS = ("loss", "crop_loss", "val_loss", "reward_mean", "reward_std", "align_mean", "weight_entropy", "ess", "max_weight")
+
+
+def load_store(cfg: DictConfig) -> PairStore:
+    """Decode the configured dataset once (the container trials share)."""
+    ds = cfg.dataset
+    return load_dataset(ds.layout, ds.root, skip_bad=ds.skip_bad, max_side=ds.max_side)
+
+
+def bild_config(cfg: DictConfig) -> BildConfig:
+    """The engine's BildConfig from a composed config (mode, the `bild` block, `train.amp`)."""
+    b = cfg.bild
+    return BildConfig(
+        mode=cfg.mode,
+        alpha=b.alpha,
+        temperature=b.temperature,
+        weighting=b.weighting,
+        estimator=b.estimator,
+        reward_norm=b.reward_norm,
+        regulariser=b.regulariser,
+        amp=cfg.train.amp,
+    )
+
+
+class Trainer:
+    """One training run: build from a config (and optionally a shared store), step, evaluate, save."""
+
+    def __init__(
+        self, cfg: DictConfig, store: PairStore | None = None, *, train_pairs: list[int] | None = None,
+        alignment: AlignmentFn | None = None,
+    ) -> None:
+        """Build the run from ``cfg``, reading the dataset unless a ``store`` is shared in.
+
+        Two extension points for studies of the method: ``train_pairs`` replaces the mode's
+        training split with these pool pairs (an ablation on a chosen subset), and
+        ``alignment`` replaces the per-crop alignment d_i of every BILD step (see
+        ``pipeline.bild.step.AlignmentFn``).
+        """
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.bild_cfg = bild_config(cfg)  # validates mode, estimator, ... before any work
+        self.store = store if store is not None else load_store(cfg)
+        ds, tr = cfg.dataset, cfg.train
+        self.splits = split_by_scene(
+            self.store, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction, seed=ds.split_seed
+        )
+        self.train_idx, self.val_idx = self._train_val(tr.val_fraction)
+        if train_pairs is not None:
+            self.train_idx = list(train_pairs)
+        torch.manual_seed(cfg.seed)
+        self.backbone_kwargs = backbone_kwargs(cfg.backbone.name, cfg.backbone.preset)
+        self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs).to(self.device)
+        if tr.channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        inner_opt = torch.optim.Adam(self.backbone.parameters(), lr=tr.inner_lr, betas=(0.9, 0.999))
+        self.nets = BildNets(self.backbone, inner_opt)
+        if cfg.mode != "plain":
+            reweighter = build_reweighter(cfg.bild).to(self.device)
+            self.nets.reweighter = reweighter
+            self.nets.outer_opt = torch.optim.Adam(reweighter.parameters(), lr=tr.outer_lr, betas=(0.9, 0.999))
+        self.train_crops = CropSampler(self.store, self.train_idx, ds.crop, flips=ds.flips)
+        self.val_crops = CropSampler(self.store, self.val_idx, ds.crop) if self.val_idx else None
+        self.alignment = alignment
+        self.rng = np.random.default_rng(cfg.seed)
+        self.epoch = 0
+        self.step = 0
+
+    def _train_val(self, val_fraction: float) -> tuple[list[int], list[int]]:
+        pool = self.splits.train_pool
+        if self.cfg.mode == "bild":
+            return split_train_val(self.store, pool, val_fraction, self.cfg.seed)
+        if self.cfg.mode == "bild-train":  # the ablation: the outer loop reads training crops
+            return pool, pool
+        return pool, []
+
+    def _batch(self) -> CropBatch:
+        tr = self.cfg.train
+        pairs, hazy, clear = self.train_crops.sample_with_pairs(tr.batch_size, self.rng)
+        batch = CropBatch(hazy.to(self.device), clear.to(self.device), pairs=pairs)
+        if self.val_crops is not None:
+            val_hazy, val_clear = self.val_crops.sample(tr.val_batch_size, self.rng)
+            batch.val_hazy, batch.val_clear = val_hazy.to(self.device), val_clear.to(self.device)
+        if tr.channels_last:
+            for name in ("hazy", "clear", "val_hazy", "val_clear"):
+                value = getattr(batch, name)
+                if value is not None:
+                    setattr(batch, name, value.contiguous(memory_format=torch.channels_last))
+        return batch
+
+    def train_epoch(self, progress: bool = False, on_step: StepCallback | None = None) -> dict[str, float]:
+        """Run ``train.steps_per_epoch`` steps; return the epoch's mean step statistics.
+
+        ``on_step(batch, stats)`` sees every step's crops (with the pair each came from) and
+        the per-crop weights and alignments, for analyses of what BILD does; it must not
+        change them.
+        """
+        self.backbone.train()
+        steps = self.cfg.train.steps_per_epoch
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}", leave=False, disable=not progress)
+        for _ in bar:
+            try:
+                batch = self._batch()
+                stats = bild_step(batch, self.nets, self.bild_cfg, alignment=self.alignment)
+            except NonFiniteLossError as err:
+                raise NonFiniteLossError(f"epoch {self.epoch + 1}, step {self.step + 1}: {err}") from err
+            self.step += 1
+            if on_step is not None:
+                on_step(batch, stats)
+            for key in STEP_STATS:
+                sums[key] = sums.get(key, 0.0) + getattr(stats, key)
+            for stage, seconds in stats.times.items():
+                sums[f"ms_{stage}"] = sums.get(f"ms_{stage}", 0.0) + 1000 * seconds
+            bar.set_postfix(loss=f"{stats.loss:.4f}")
+        self.epoch += 1
+        metrics = {key: value / steps for key, value in sums.items()}
+        metrics["epoch_seconds"] = time.perf_counter() - start
+        return metrics
+
+    def evaluate(self, split: str = "select") -> dict[str, float]:
+        """Mean PSNR/SSIM of the backbone on whole images of the ``select`` or ``test`` set."""
+        indices = {"select": self.splits.select, "test": self.splits.test}[split]
+        self.backbone.eval()
+        scores = score_pairs(self.backbone, self.store, indices, self.device, max_side=self.cfg.dataset.eval_max_side)
+        return {f"{split}_psnr": float(np.mean(scores["psnr"])), f"{split}_ssim": float(np.mean(scores["ssim"]))}
+
+    def hazy_reference(self) -> dict[str, float]:
+        """The hazy input's own PSNR/SSIM on the selection set: the bar a dehazer must clear."""
+        scores = score_pairs(None, self.store, self.splits.select, self.device, max_side=self.cfg.dataset.eval_max_side)
+        return {"hazy_psnr": float(np.mean(scores["psnr"])), "hazy_ssim": float(np.mean(scores["ssim"]))}
+
+    def state_dict(self) -> dict[str, Any]:
+        nets = self.nets
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "backbone": {
+                "name": self.cfg.backbone.name,
+                "preset": self.cfg.backbone.preset,
+                "kwargs": self.backbone_kwargs,
+            },
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "epoch": self.epoch,
+            "step": self.step,
+            "models": {
+                "backbone": nets.backbone.state_dict(),
+                "reweighter": nets.reweighter.state_dict() if nets.reweighter else None,
+            },
+            "optimizers": {
+                "inner": nets.inner_opt.state_dict(),
+                "outer": nets.outer_opt.state_dict() if nets.outer_opt else None,
+            },
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "data": {"name": self.store.name, "layout": self.store.layout, "splits": vars(self.splits)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        nets = self.nets
+        nets.backbone.load_state_dict(state["models"]["backbone"])
+        nets.inner_opt.load_state_dict(state["optimizers"]["inner"])
+        if nets.reweighter is not None:
+            nets.reweighter.load_state_dict(state["models"]["reweighter"])
+            nets.outer_opt.load_state_dict(state["optimizers"]["outer"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.epoch, self.step = state["epoch"], state["step"]
+
+    def save(self, path: str | os.PathLike, **extra: Any) -> None:
+        """Write the checkpoint atomically (pipeline.checkpoints): a crash never leaves half a file."""
+        save_checkpoint(path, {**self.state_dict(), **extra})
+
+    def load(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(load_checkpoint(path))
+
+
+def format_epoch(epoch: int, total: int, metrics: dict[str, float]) -> str:
+    """One line per epoch for the terminal: loss, selection PSNR/SSIM, the weights' spread, time."""
+    line = f"epoch {epoch}/{total}  loss {metrics['loss']:.4f}"
+    line += f"  select PSNR {metrics['select_psnr']:.2f} dB  SSIM {metrics['select_ssim']:.4f}"
+    if not math.isnan(metrics.get("ess", math.nan)):
+        line += f"  ESS {metrics['ess']:.2f}  max w {metrics['max_weight']:.2f}"
+    return line + f"  ({metrics['epoch_seconds']:.1f} s)"
+
+
+def train(cfg: DictConfig, *, resume: bool = False, store: PairStore | None = None) -> dict[str, Any]:
+    """Train for ``train.epochs`` epochs, checkpointing each one into ``run_dir``; return the last metrics."""
+    run_dir = Path(cfg.run_dir)
+    ckpt = run_dir / "checkpoint.pt"
+    set_threads(cfg.threads)
+    if resume:
+        if not ckpt.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; start without --resume")
+        state = load_checkpoint(ckpt)
+        cfg = resumed_config(cfg, state["config"])
+    trainer = Trainer(cfg, store)
+    if resume:
+        trainer.load_state_dict(state)
+        print(f"resumed {ckpt} at epoch {trainer.epoch}")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    ref = trainer.hazy_reference()
+    print(
+        f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device}: "
+        f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / {len(trainer.splits.select)} select pairs; "
+        f"hazy input PSNR {ref['hazy_psnr']:.2f} dB"
+    )
+    metrics: dict[str, Any] = {"epoch": trainer.epoch, **ref}
+    while trainer.epoch < cfg.train.epochs:
+        metrics = {**trainer.train_epoch(progress=cfg.progress), **trainer.evaluate("select"), **ref}
+        metrics["epoch"] = trainer.epoch
+        trainer.save(ckpt, metrics=metrics)
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        print(format_epoch(trainer.epoch, cfg.train.epochs, metrics), flush=True)
+    return metrics
+
+

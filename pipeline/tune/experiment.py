@@ -1,0 +1,183 @@
+"""One search experiment from a user's request: validate everything, start or join Ray, run, summarise.
+
+``python -m pipeline.search`` turns its flags into a :class:`SearchRequest` and calls
+:func:`run_experiment`. Every value is checked before Ray starts (an unknown backbone, a crop
+larger than the images, a malformed search space), and a bad one gets an error naming the
+flag, file or key. A request whose experiment folder exists resumes it with its own saved
+config, search space and options.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from omegaconf import DictConfig, OmegaConf
+
+from ..backbones import UnknownBackboneError, list_presets
+from ..config import ConfigError, compose_config, group_dir, saved_config
+from ..data import PairStore
+from ..files import atomic_write_text
+from ..trainer import Trainer, load_store
+from .runner import SearchOptions, Trainable, run_search, start_ray
+from .space import SearchSpace, load_search_space, space_from_dict
+from .trainable import train_trial
+
+__all__ = ["MODES", "SearchRequest", "format_summary", "prepare", "run_experiment"]
+
+MODES = ("bild", "plain", "both", "bild-train")
+
+
+@dataclass
+class SearchRequest:
+    """What a user asks of a search; None keeps the config's or the search space's default."""
+
+    backbone: str = "msbdn"
+    mode: str = "bild"
+    trials: int | None = None
+    concurrency: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    search_space: str | None = None  # a name in search_spaces/ or a YAML path; None: the backbone's own, else default
+    name: str | None = None
+    storage: str = "runs"
+    address: str | None = None
+    resume: bool = False
+    seed: int | None = None
+    dashboard_host: str = "127.0.0.1"
+    max_failures: int = 2
+    overrides: list[str] = field(default_factory=list)  # Hydra key=value overrides of the training config
+
+
+def _fail(flag: str, message: str) -> None:
+    raise ConfigError(f"{flag}: {message}")
+
+
+def _check_numbers(req: SearchRequest) -> None:
+    for flag, value in [("--trials", req.trials), ("--concurrency", req.concurrency), ("--max-failures", req.max_failures)]:
+        if value is not None and value < (0 if flag == "--max-failures" else 1):
+            _fail(flag, f"got {value}; expected an integer >= {0 if flag == '--max-failures' else 1}")
+    if not req.cpus_per_trial > 0:
+        _fail("--cpus-per-trial", f"got {req.cpus_per_trial}; expected > 0")
+    if req.gpus_per_trial < 0 or (req.gpus_per_trial > 1 and not float(req.gpus_per_trial).is_integer()):
+        _fail("--gpus-per-trial", f"got {req.gpus_per_trial}; expected 0, a fraction in (0, 1], or a whole number")
+    if req.mode not in MODES:
+        _fail("--mode", f"got {req.mode!r}; expected one of {', '.join(MODES)}")
+
+
+def _check_backbone(req: SearchRequest) -> None:
+    try:
+        presets = list_presets(req.backbone)
+    except UnknownBackboneError as err:
+        raise ConfigError(f"--backbone: {err}") from err
+    preset = next((o.partition("=")[2] for o in req.overrides if o.startswith("backbone.preset=")), None)
+    if preset is not None and preset not in presets:
+        _fail("--preset", f"unknown preset {preset!r} for {req.backbone}; expected one of {', '.join(presets)}")
+
+
+def _space(req: SearchRequest, cfg: DictConfig) -> SearchSpace:
+    if req.search_space is not None:
+        return load_search_space(req.search_space, cfg)
+    own = group_dir("search_spaces") / f"{req.backbone}.yaml"
+    return load_search_space(str(own) if own.exists() else "default", cfg)
+
+
+def _experiment_name(req: SearchRequest) -> str:
+    prefix = f"{req.backbone}-{req.mode}"
+    if req.name:
+        return req.name
+    if req.resume:
+        earlier = sorted(Path(req.storage).glob(f"{prefix}-*"), key=lambda p: p.stat().st_mtime)
+        if not earlier:
+            _fail("--resume", f"no earlier experiment {prefix}-* under {req.storage}; pass --name")
+        return earlier[-1].name
+    return f"{prefix}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _new_experiment(req: SearchRequest, name: str) -> tuple[DictConfig, SearchSpace, SearchOptions]:
+    cfg = compose_config([f"backbone={req.backbone}", "progress=false", *req.overrides])
+    space = _space(req, cfg)
+    OmegaConf.set_struct(cfg, False)
+    cfg.search_space = OmegaConf.load(space.source)  # saved with the experiment, so a resume needs no file
+    OmegaConf.set_struct(cfg, True)
+    opts = SearchOptions(
+        name=name,
+        storage=str(Path(req.storage).resolve()),
+        modes={"both": ("bild", "plain")}.get(req.mode, (req.mode,)),
+        trials=req.trials or space.trials,
+        epochs=cfg.train.epochs,
+        concurrency=req.concurrency,
+        cpus_per_trial=req.cpus_per_trial,
+        gpus_per_trial=req.gpus_per_trial,
+        seed=req.seed,
+        max_failures=req.max_failures,
+    )
+    return cfg, space, opts
+
+
+def _saved_experiment(folder: Path) -> tuple[DictConfig, SearchSpace, SearchOptions]:
+    """An earlier experiment resumes with its own config, space and options, whatever else is passed."""
+    cfg = saved_config(OmegaConf.load(folder / "config.yaml"))
+    space = space_from_dict(OmegaConf.to_container(cfg.search_space), str(folder / "config.yaml"))
+    saved = json.loads((folder / "search.json").read_text())
+    saved["modes"] = tuple(saved["modes"])
+    return cfg, space, SearchOptions(**saved)
+
+
+def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, SearchOptions]:
+    """Validate everything (config, space, data, crops) before Ray starts; resume a saved experiment."""
+    _check_backbone(req)
+    _check_numbers(req)
+    name = _experiment_name(req)
+    folder = Path(req.storage) / name
+    if (folder / "search.json").exists():
+        cfg, space, opts = _saved_experiment(folder)
+    elif req.resume:
+        _fail("--resume", f"no experiment at {folder}")
+    else:
+        cfg, space, opts = _new_experiment(req, name)
+    opts.address, opts.dashboard_host = req.address, req.dashboard_host  # where to run may change
+    store = load_store(cfg)
+    Trainer(cfg, store)  # builds data splits, crops and networks once: a bad config fails before Ray
+    return cfg, space, store, opts
+
+
+def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> dict[str, Any]:
+    """Validate, start or join Ray, run the search, and return its summary (also written to summary.json)."""
+    cfg, space, store, opts = prepare(req)
+    ray_info = start_ray(opts)
+    print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
+    print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
+          f"{opts.epochs} epochs, {opts.concurrency} at once)", flush=True)
+    try:
+        summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info}
+    finally:
+        ray.shutdown()  # disconnects from a cluster; stops the local Ray this search started
+    atomic_write_text(opts.experiment_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The search's outcome for the terminal: per mode the trial count and the best trial."""
+    lines = ["", "== search finished =="]
+    for mode in summary["modes"]:
+        lines.append(f"[{mode['mode']}] {mode['trials']} trials, {mode['errors']} failed")
+        best = mode.get("best")
+        if best is None:
+            lines.append("  no trial reported a result")
+            continue
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        lines += [
+            f"  best trial {best['trial_id']} (epoch {best['epoch']}): select PSNR {best['select_psnr']:.2f} dB, "
+            f"SSIM {best['select_ssim']:.4f}",
+            f"  hyperparameters: {params}",
+            f"  checkpoint: {best['checkpoint']}",
+        ]
+    lines += [f"results (Parquet): {summary['results']}",
+              f"next: python -m pipeline.analyze {summary['experiment_dir']}  |  "
+              f"python -m pipeline.promote {summary['experiment_dir']}"]
+    return "\n".join(lines)
