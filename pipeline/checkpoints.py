@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import saved_config
+from .config import flatten, saved_config
 from .files import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "load_checkpoint", "resumed_config", "save_checkpoint"]
@@ -58,17 +58,6 @@ def load_checkpoint(path: str | os.PathLike, formats: tuple[str, ...] = (CHECKPO
 RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress", "threads")
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> leaf value of a plain nested dict."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def resumed_config(command: DictConfig, saved: dict[str, Any]) -> DictConfig:
     """The run's saved config, with only ``RESUME_KEYS`` taken from the command (``--epochs 20 --resume``).
 
@@ -78,7 +67,7 @@ def resumed_config(command: DictConfig, saved: dict[str, Any]) -> DictConfig:
     (options added since) take the command's value: there is no other.
     """
     cfg = saved_config(saved)
-    was, asked = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (cfg, command))
+    was, asked = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (cfg, command))
     for key in RESUME_KEYS:
         OmegaConf.update(cfg, key, OmegaConf.select(command, key))
     for key in asked.keys() - was.keys():

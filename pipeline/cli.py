@@ -109,8 +109,9 @@ def run_command(body: Callable[[], int], *, errors: tuple[type[BaseException], .
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: what finished is kept; the same command continues it", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        detail = str(err) if err.args and str(err) not in ("SIGINT", "SIGTERM") else "what finished is kept"
+        print(f"interrupted: {detail}; the same command continues it", file=sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:
         # The reader (head, less) went away: point stdout at /dev/null so the exit flush is silent.

@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config", "group_dir", "group_options",
-           "saved_config"]
+__all__ = ["CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config", "flatten", "group_dir",
+           "group_options", "saved_config"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,17 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         raise ConfigError(f"bad config override: {err}") from err
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value of a plain nested dict (``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 # Keys renamed since runs were first saved: old dotted key -> today's.

@@ -1,9 +1,9 @@
 """Score a model on a whole dataset in its native layout, beside two references.
 
-    python -m pipeline.evaluate --model models/aodnet --dataset sots-indoor --data-root ../shared/realdata/sots_indoor
+    python -m pipeline.evaluate --model models/aodnet --dataset sots-indoor --data-root /data/sots_indoor
     python -m pipeline.evaluate --model models/ffanet/v2 --dataset auto --data-root DIR --out rows.parquet
     python -m pipeline.evaluate --model runs/x/t0/checkpoint_000004/checkpoint.pt --dataset o-haze \\
-        --data-root ../shared/realdata/o_haze --strategy resize --tile 1024
+        --data-root /data/o_haze --strategy resize --tile 1024
 
 Every image gets one row per method: the hazy input, the dark channel prior and the model
 (``pipeline.evaluation.scoring``).

@@ -43,6 +43,7 @@ __all__ = [
     "write_rows",
     "write_epoch_row",
     "write_trial_row",
+    "read_rows",
     "read_table",
     "searched_params",
 ]
@@ -174,6 +175,11 @@ def searched_params(trials: pl.DataFrame) -> list[str]:
     """The standard hyperparameters plus any extra searched column (results.py gives each its own column)."""
     extras = [c for c in trials.columns if c not in TRIAL_SCHEMA.names]
     return [p for p in (*HYPERPARAMS, *extras) if p in trials.columns and trials[p].null_count() < trials.height]
+
+
+def read_rows(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every row of the Parquet files directly in ``folder`` (none if it does not exist), as dicts."""
+    return [row for f in sorted(Path(folder).glob("*.parquet")) for row in _read_parquet(str(f)).to_dicts()]
 
 
 def _read_parquet(path: str) -> pl.DataFrame:

@@ -44,11 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
-    p.add_argument("--backbone", default="msbdn", help=f"network to search for: {', '.join(list_backbones())}")
+    p.add_argument("--backbone", default=None, help=f"network to search for (default msbdn): {', '.join(list_backbones())}")
     p.add_argument("--preset", default=None, help="size preset: paper | small | tiny (default: the backbone config's, small)")
     p.add_argument("--dataset", default=None, help="descriptor in datasets/ (default builtin: needs no download)")
     p.add_argument("--data-root", default=None, help="folder with the dataset in its native layout")
-    p.add_argument("--mode", default="bild", choices=MODES,
+    p.add_argument("--mode", default=None, choices=MODES,
                    help="bild (default); plain (the baseline); both: the same trial budget on each, for comparison")
     add_policy_flag(p)
     p.add_argument("--trials", type=int, default=None, help="trials per mode (default: the search space's)")

@@ -24,14 +24,56 @@ from tqdm import tqdm
 from .backbones import backbone_kwargs, build_from_kwargs
 from .bild import AlignmentFn, BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, resumed_config, save_checkpoint
+from .config import ConfigError
 from .data import CropSampler, PairStore, load_dataset, split_by_scene, split_train_val
 from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .files import atomic_write_text
 
-__all__ = ["STEP_STATS", "StepCallback", "Trainer", "bild_config", "format_epoch", "load_store", "train"]
+__all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "bild_config", "check_training_config",
+           "check_value", "format_epoch", "load_store", "train"]
 
 StepCallback = Callable[[CropBatch, StepStats], None]
 STEP_STATS = ("loss", "crop_loss", "val_loss", "reward_mean", "reward_std", "align_mean", "weight_entropy", "ess", "max_weight")
+
+
+# The numeric training settings a run can be given: key -> (kind, lowest, highest, closed at the top).
+# Learning rates above 1 are never sensible for Adam and overflow within a step.
+TRAINING_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
+    "train.epochs": (int, 1, math.inf, False),
+    "train.steps_per_epoch": (int, 1, math.inf, False),
+    "train.batch_size": (int, 1, math.inf, False),
+    "train.val_batch_size": (int, 1, math.inf, False),
+    "train.inner_lr": (float, 0, 1, True),
+    "train.outer_lr": (float, 0, 1, True),
+    "train.val_fraction": (float, 0, 1, False),
+    "bild.alpha": (float, 0, math.inf, False),
+    "dataset.crop": (int, 1, math.inf, False),
+}
+
+
+def check_value(key: str, value: Any) -> None:
+    """Raise a ConfigError naming ``key`` when ``value`` is not a number within ``TRAINING_BOUNDS[key]``."""
+    kind, low, high, closed = TRAINING_BOUNDS[key]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int and number and float(value).is_integer():
+        value = int(value)
+    fits = number and (kind is float or isinstance(value, int)) and math.isfinite(value)
+    fits = fits and (value >= low if kind is int or key in ("train.val_fraction", "bild.alpha") else value > low)
+    fits = fits and (value <= high if closed else value < high)
+    if not fits:
+        top = f"{high:g}]" if closed else ("inf)" if math.isinf(high) else f"{high:g})")
+        bottom = "[" if kind is int or key in ("train.val_fraction", "bild.alpha") else "("
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{key}={value!r}: expected {what} in {bottom}{low:g}, {top}")
+
+
+def check_training_config(cfg: DictConfig) -> None:
+    """Every numeric training setting within its bounds, and a validation split where the mode needs one."""
+    for key in TRAINING_BOUNDS:
+        check_value(key, OmegaConf.select(cfg, key))
+    if cfg.mode == "bild" and cfg.train.val_fraction == 0:
+        raise ConfigError("train.val_fraction=0 (--val-fraction): mode bild holds out part of the train pool to "
+                          "drive the outer loop; expected a fraction in (0, 1), or --mode bild-train or plain")
 
 
 def load_store(cfg: DictConfig) -> PairStore:
@@ -69,6 +111,7 @@ class Trainer:
         ``alignment`` replaces the per-crop alignment d_i of every BILD step (see
         ``pipeline.bild.step.AlignmentFn``).
         """
+        check_training_config(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.bild_cfg = bild_config(cfg)  # validates mode, estimator, ... before any work

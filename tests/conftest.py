@@ -65,3 +65,13 @@ def failed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from helpers import build_failed_run
 
     return build_failed_run(tmp_path_factory.mktemp("runs") / "all-failed")
+
+
+@pytest.fixture(scope="session")
+def model_dir(search_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A promoted tiny AOD-Net: models/aodnet (LATEST -> v1)."""
+    from pipeline.models.promotion import promote
+
+    models = tmp_path_factory.mktemp("models")
+    promote(search_run, models, device="cpu")
+    return models / "aodnet"

@@ -27,17 +27,8 @@ from pipeline.data.images import decode_image, fit_max_side
 from pipeline.evaluation.inference import dehaze_tensor
 from pipeline.evaluation.metrics import psnr
 from pipeline.models import load_model
-from pipeline.models.promotion import promote
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def model_dir(search_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A promoted tiny AOD-Net: models/aodnet (LATEST -> v1)."""
-    models = tmp_path_factory.mktemp("models")
-    promote(search_run, models, device="cpu")
-    return models / "aodnet"
 
 
 # --- the dark channel prior ---------------------------------------------------------------------------

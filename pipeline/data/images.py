@@ -20,13 +20,37 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+# Pillow's integer modes wider than 8 bits: 16-bit grayscale PNGs open as one of these.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb8(im: Image.Image, path: Path) -> np.ndarray:
+    """Any mode Pillow reads -> uint8 HxWx3 RGB, scaling 16-bit values instead of clipping them.
+
+    ``convert("RGB")`` clips a 16-bit grayscale image at 255 (a normal photo comes out white);
+    16-bit RGB PNGs already open as 8-bit RGB. Floating-point images have no agreed range and
+    are refused by name.
+    """
+    if im.mode in _WIDE_MODES:
+        wide = np.asarray(im, dtype=np.float64)
+        if wide.min() < 0 or wide.max() > 65535:
+            raise UnreadableImageError(f"{path}: {im.mode} values outside 0-65535; expected 8- or 16-bit samples")
+        grey = np.round(wide / 257).astype(np.uint8)  # 65535 -> 255, exactly as 16 -> 8 bits
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "F":
+        raise UnreadableImageError(f"{path}: floating-point image (mode F); expected 8- or 16-bit samples")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
 def decode_image(path: Path) -> np.ndarray:
-    """Decode `path` fully into uint8 HxWx3 RGB; grayscale, palette and RGBA become RGB (alpha dropped)."""
+    """Decode `path` fully into uint8 HxWx3 RGB; grayscale (8 or 16 bit), palette and RGBA become RGB (alpha dropped)."""
     try:
         with Image.open(path) as im:
             # exif_transpose: phone photos are stored sideways with an orientation tag.
-            # convert() forces a full decode, so a truncated file fails here, not later.
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
+            # The conversion forces a full decode, so a truncated file fails here, not later.
+            return _to_rgb8(ImageOps.exif_transpose(im), path)
+    except UnreadableImageError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UnreadableImageError(
             f"cannot decode {path}: {err}; expected a PNG, JPEG or BMP image"

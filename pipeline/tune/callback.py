@@ -4,19 +4,24 @@ It runs in the driver: each reported epoch becomes one ``epochs`` file, and the 
 ``trials`` row is replaced (atomically) whenever its state changes, so a crash of the
 driver loses at most the row in flight. On a resumed search it picks up the trials rows
 already on disk, so "best so far" survives a driver restart.
+
+At the experiment's end it reconciles its rows with Ray Tune's trials: a row whose trial
+Tune does not know (a trial started after Tune last saved its state, then lost with a
+killed driver; Tune replaced it with a new one) is moved out of ``results/`` into
+``orphaned/``, so the table holds exactly the trials of the search.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from ray.tune import Callback
 
-from ..results import HYPERPARAMS, STEP_METRICS, results_dir, write_epoch_row, write_trial_row
+from ..results import HYPERPARAMS, STEP_METRICS, read_rows, results_dir, write_epoch_row, write_trial_row
 
 __all__ = ["ParquetResultsCallback"]
 
@@ -32,26 +37,39 @@ def _float(value: Any) -> float | None:
 class ParquetResultsCallback(Callback):
     """Writes ``epochs`` and ``trials`` rows for one experiment folder."""
 
-    def __init__(self, experiment_dir: str | Path, identity: dict[str, Any], max_epochs: int,
+    def __init__(self, experiment_dir: str | Path, identity: dict[str, Any], mode: str, max_epochs: int,
                  metric: str = "select_psnr") -> None:
         self.experiment_dir = Path(experiment_dir)
         self.metric = metric  # picks each trial's best epoch, as it picks the best trial
         self.identity = identity  # experiment, backbone, preset, dataset, fixed hyperparameters
+        self.mode = mode
         self.max_epochs = max_epochs
         self.rows: dict[str, dict[str, Any]] = {}
 
     def setup(self, **info: Any) -> None:
-        folder = results_dir(self.experiment_dir) / "trials"
-        for f in sorted(folder.glob("*.parquet")):
-            row = pl.read_parquet(f).row(0, named=True)
+        for row in read_rows(results_dir(self.experiment_dir) / "trials"):
             self.rows[row["trial_id"]] = row
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        known = {t.trial_id for t in trials}
+        for trial_id in [t for t, row in self.rows.items() if row["mode"] == self.mode and t not in known]:
+            self._orphan(trial_id)
+
+    def _orphan(self, trial_id: str) -> None:
+        """Move a trial Tune no longer knows out of the results tables (kept in ``orphaned/``)."""
+        results = results_dir(self.experiment_dir)
+        for path in (results / "trials" / f"{trial_id}.parquet", results / "epochs" / trial_id):
+            if path.exists():
+                target = self.experiment_dir / "orphaned" / path.relative_to(results)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), target)
+        del self.rows[trial_id]
+
     def _trial_identity(self, trial: Any) -> dict[str, Any]:
-        cfg = trial.config
-        params = {k: _float(v) for k, v in cfg.items() if k != "mode"}
+        params = {k: _float(v) for k, v in trial.config.items()}
         # Plain training has no reweighter and no validation split: those columns stay empty.
-        fixed = {k: None if cfg["mode"] == "plain" and k != "inner_lr" else self.identity.get(k) for k in HYPERPARAMS}
-        return {**self.identity, **fixed, **params, "trial_id": trial.trial_id, "mode": cfg["mode"]}
+        fixed = {k: None if self.mode == "plain" and k != "inner_lr" else self.identity.get(k) for k in HYPERPARAMS}
+        return {**self.identity, **fixed, **params, "trial_id": trial.trial_id, "mode": self.mode}
 
     def _trial_row(self, trial: Any) -> dict[str, Any]:
         if trial.trial_id not in self.rows:
@@ -79,6 +97,8 @@ class ParquetResultsCallback(Callback):
         self._save(self._trial_row(trial), status="RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("settled"):  # a finished trial telling Tune again what the records hold: nothing new
+            return
         row = self._trial_row(trial)
         ckpt_name = result.get("checkpoint_dir_name")
         ckpt = str(Path(trial.path) / ckpt_name / "checkpoint.pt") if ckpt_name else None

@@ -9,8 +9,13 @@ config, search space and options.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,25 +24,30 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from ..backbones import UnknownBackboneError, list_presets
-from ..config import ConfigError, compose_config, group_dir, saved_config
+from ..config import ConfigError, compose_config, flatten, group_dir, saved_config
 from ..data import PairStore
 from ..files import atomic_write_text
 from ..trainer import Trainer, load_store
-from .runner import SearchOptions, Trainable, run_search, start_ray
+from .runner import SearchInterrupted, SearchOptions, Trainable, run_search, start_ray
 from .space import SearchSpace, load_search_space, space_from_dict
 from .trainable import train_trial
 
-__all__ = ["MODES", "SearchRequest", "format_summary", "prepare", "run_experiment"]
+__all__ = ["MODES", "ExperimentBusyError", "SearchRequest", "experiment_lock", "format_summary", "prepare",
+           "run_experiment"]
 
 MODES = ("bild", "plain", "both", "bild-train")
+
+
+class ExperimentBusyError(ConfigError):
+    """Another live search holds this experiment; the message names it."""
 
 
 @dataclass
 class SearchRequest:
     """What a user asks of a search; None keeps the config's or the search space's default."""
 
-    backbone: str = "msbdn"
-    mode: str = "bild"
+    backbone: str | None = None  # None: msbdn for a new experiment, the saved one for a resume
+    mode: str | None = None  # None: bild for a new experiment, the saved one for a resume
     trials: int | None = None
     concurrency: int = 2
     cpus_per_trial: float = 1.0
@@ -65,11 +75,13 @@ def _check_numbers(req: SearchRequest) -> None:
         _fail("--cpus-per-trial", f"got {req.cpus_per_trial}; expected > 0")
     if req.gpus_per_trial < 0 or (req.gpus_per_trial > 1 and not float(req.gpus_per_trial).is_integer()):
         _fail("--gpus-per-trial", f"got {req.gpus_per_trial}; expected 0, a fraction in (0, 1], or a whole number")
-    if req.mode not in MODES:
+    if req.mode is not None and req.mode not in MODES:
         _fail("--mode", f"got {req.mode!r}; expected one of {', '.join(MODES)}")
 
 
 def _check_backbone(req: SearchRequest) -> None:
+    if req.backbone is None:
+        return
     try:
         presets = list_presets(req.backbone)
     except UnknownBackboneError as err:
@@ -82,12 +94,12 @@ def _check_backbone(req: SearchRequest) -> None:
 def _space(req: SearchRequest, cfg: DictConfig) -> SearchSpace:
     if req.search_space is not None:
         return load_search_space(req.search_space, cfg)
-    own = group_dir("search_spaces") / f"{req.backbone}.yaml"
+    own = group_dir("search_spaces") / f"{cfg.backbone.name}.yaml"
     return load_search_space(str(own) if own.exists() else "default", cfg)
 
 
 def _experiment_name(req: SearchRequest) -> str:
-    prefix = f"{req.backbone}-{req.mode}"
+    prefix = f"{req.backbone or 'msbdn'}-{req.mode or 'bild'}"
     if req.name:
         return req.name
     if req.resume:
@@ -99,7 +111,7 @@ def _experiment_name(req: SearchRequest) -> str:
 
 
 def _new_experiment(req: SearchRequest, name: str) -> tuple[DictConfig, SearchSpace, SearchOptions]:
-    cfg = compose_config([f"backbone={req.backbone}", "progress=false", *req.overrides])
+    cfg = compose_config([f"backbone={req.backbone or 'msbdn'}", "progress=false", *req.overrides])
     space = _space(req, cfg)
     OmegaConf.set_struct(cfg, False)
     cfg.search_space = OmegaConf.load(space.source)  # saved with the experiment, so a resume needs no file
@@ -107,7 +119,7 @@ def _new_experiment(req: SearchRequest, name: str) -> tuple[DictConfig, SearchSp
     opts = SearchOptions(
         name=name,
         storage=str(Path(req.storage).resolve()),
-        modes={"both": ("bild", "plain")}.get(req.mode, (req.mode,)),
+        modes={"both": ("bild", "plain")}.get(req.mode or "bild", (req.mode or "bild",)),
         trials=req.trials or space.trials,
         epochs=cfg.train.epochs,
         concurrency=req.concurrency,
@@ -120,12 +132,40 @@ def _new_experiment(req: SearchRequest, name: str) -> tuple[DictConfig, SearchSp
 
 
 def _saved_experiment(folder: Path) -> tuple[DictConfig, SearchSpace, SearchOptions]:
-    """An earlier experiment resumes with its own config, space and options, whatever else is passed."""
+    """An earlier experiment resumes with its own config, space and options."""
     cfg = saved_config(OmegaConf.load(folder / "config.yaml"))
     space = space_from_dict(OmegaConf.to_container(cfg.search_space), str(folder / "config.yaml"))
-    saved = json.loads((folder / "search.json").read_text())
-    saved["modes"] = tuple(saved["modes"])
-    return cfg, space, SearchOptions(**saved)
+    try:
+        saved = json.loads((folder / "search.json").read_text())
+        saved["modes"] = tuple(saved["modes"])
+        opts = SearchOptions(**saved)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"{folder / 'search.json'} is damaged ({err}); expected the options pipeline.search "
+                          "saved for this experiment") from err
+    return cfg, space, opts
+
+
+def _check_resume_matches(req: SearchRequest, cfg: DictConfig, opts: SearchOptions) -> None:
+    """A resume goes on with the experiment's own settings: a flag that asks for different ones is an error."""
+    saved_mode = "both" if len(opts.modes) == 2 else opts.modes[0]
+    asked = {"--backbone": (req.backbone, cfg.backbone.name), "--trials": (req.trials, opts.trials),
+             "--mode": (req.mode, saved_mode)}
+    for flag, (value, saved) in asked.items():
+        if value is not None and value != saved:
+            _fail(flag, f"got {value!r}, but experiment {opts.name} was started with {saved!r}; resume it without "
+                        f"{flag}, or start a new experiment with another --name")
+    if not req.overrides:
+        return
+    # The same command resumes: only settings it asks to be different from the saved ones are refused.
+    backbone = [f"backbone={cfg.backbone.name}", "progress=false"]
+    asked, plain = (flatten(OmegaConf.to_container(compose_config(o), resolve=True))
+                    for o in ([*backbone, *req.overrides], backbone))
+    was = flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = [f"{k}={asked[k]!r} (the experiment has {was.get(k)!r})"
+               for k in asked if asked[k] != plain.get(k) and asked[k] != was.get(k)]
+    if changed:
+        _fail("overrides", f"{', '.join(changed)}: a resumed experiment keeps the config it was started with "
+                           f"({opts.experiment_dir / 'config.yaml'}); start a new --name to change it")
 
 
 def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, SearchOptions]:
@@ -136,6 +176,7 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, Sea
     folder = Path(req.storage) / name
     if (folder / "search.json").exists():
         cfg, space, opts = _saved_experiment(folder)
+        _check_resume_matches(req, cfg, opts)
     elif req.resume:
         _fail("--resume", f"no experiment at {folder}")
     else:
@@ -146,17 +187,54 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, Sea
     return cfg, space, store, opts
 
 
+@contextlib.contextmanager
+def experiment_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.search.lock`` for the search: one writer per experiment.
+
+    An ``flock`` is released by the kernel when its holder dies, however it dies, so a killed
+    search never leaves a stale lock; a second live search on the same experiment stops at once.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".search.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ExperimentBusyError(f"experiment {folder} is being run by {holder}; wait for it, stop it, "
+                                      "or choose another --name") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+
+
 def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> dict[str, Any]:
-    """Validate, start or join Ray, run the search, and return its summary (also written to summary.json)."""
+    """Validate, start or join Ray, run the search, and return its summary (also written to summary.json).
+
+    An interrupted search (Ctrl-C, SIGTERM) raises :class:`SearchInterrupted` naming the command
+    that continues it.
+    """
     cfg, space, store, opts = prepare(req)
-    ray_info = start_ray(opts)
-    print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
-    print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
-          f"{opts.epochs} epochs, {opts.concurrency} at once)", flush=True)
-    try:
-        summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info}
-    finally:
-        ray.shutdown()  # disconnects from a cluster; stops the local Ray this search started
+    with experiment_lock(opts.experiment_dir):
+        ray_info = start_ray(opts)
+        print(f"Ray: {ray_info['ray']}", flush=True)
+        print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
+        print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
+              f"{opts.epochs} epochs, {opts.concurrency} at once)", flush=True)
+        try:
+            summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info}
+        except SearchInterrupted as err:
+            raise SearchInterrupted(f"{err}; continue with: python -m pipeline.search --name {opts.name} "
+                                    f"--storage {opts.storage}") from None
+        finally:
+            ray.shutdown()  # disconnects from a cluster; stops the local Ray this search started
     atomic_write_text(opts.experiment_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 

@@ -13,8 +13,10 @@ Experiment folder (``<storage>/<name>/``):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,17 +29,22 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from ..config import ConfigError
 from ..data import PairStore
-from ..files import atomic_write_text
-from ..results import HYPERPARAM_KEYS
+from ..files import DiskFullError, atomic_write_text
+from ..results import FINISHED, HYPERPARAM_KEYS, read_rows, results_dir
 from .callback import ParquetResultsCallback
 from .space import SearchSpace, make_sampler
-from .trainable import train_trial
+from .state import StateBackupCallback, restore_state_backup
+from .trainable import train_trial, trial_dirname
 
-__all__ = ["SearchOptions", "Trainable", "start_ray", "run_search"]
+__all__ = ["SearchInterrupted", "SearchOptions", "Trainable", "check_resources", "start_ray", "run_search"]
 
-# What each trial runs: ``train_trial``'s signature (config, *, base_cfg, space, store).
+# What each trial runs: ``train_trial``'s signature (config, *, mode, base_cfg, space, store, settled).
 Trainable = Callable[..., None]
+# Trial statuses in the experiment's records: settled ones are never run again; failed ones are never best.
+SETTLED = (*FINISHED, "NONFINITE")
+FAILED = ("ERROR", "NONFINITE")
 
 
 @dataclass
@@ -61,14 +68,35 @@ class SearchOptions:
         return Path(self.storage).resolve() / self.name
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """The search stopped before every trial finished (Ctrl-C, SIGTERM); what finished is kept."""
+
+
+class RayUnavailableError(OSError):
+    """Ray could not be started or reached; the message says which address."""
+
+
 def start_ray(opts: SearchOptions) -> dict[str, Any]:
-    """Connect to ``--address`` or start a local Ray with the dashboard; say how to reach it."""
+    """Join ``--address`` on purpose, or start a private local Ray; never join one that happens to run here.
+
+    ``ray.init()`` without an address would join a cluster it finds on the machine (one left by
+    ``ray start``, even a stale one); ``address="local"`` always starts this search's own.
+    """
+    try:
+        if opts.address:
+            ctx = ray.init(address=opts.address, log_to_driver=False)
+        else:
+            ctx = ray.init(address="local", include_dashboard=True, dashboard_host=opts.dashboard_host,
+                           log_to_driver=False)
+    except Exception as err:  # Ray raises a bare Exception on a start timeout, ConnectionError on a bad address
+        target = f"the Ray cluster at --address {opts.address}" if opts.address else "a local Ray"
+        raise RayUnavailableError(f"could not start or reach {target}: {str(err).strip().splitlines()[0]}") from err
     if opts.address:
-        ctx = ray.init(address=opts.address, log_to_driver=False)
+        where = f"joined the Ray cluster at {ctx.address_info.get('address')} (--address {opts.address})"
     else:
-        ctx = ray.init(include_dashboard=True, dashboard_host=opts.dashboard_host, log_to_driver=False)
+        where = f"started a private local Ray at {ctx.address_info.get('address')} (pass --address to join a cluster)"
     url = ctx.dashboard_url
-    info = {"dashboard_url": f"http://{url}" if url else None, "address": ctx.address_info.get("address")}
+    info = {"ray": where, "dashboard_url": f"http://{url}" if url else None, "address": ctx.address_info.get("address")}
     token = Path.home() / ".ray" / "auth_token"
     info["auth"] = (
         f"send the token in {token} as 'Authorization: Bearer <token>'"
@@ -78,23 +106,48 @@ def start_ray(opts: SearchOptions) -> dict[str, Any]:
     return info
 
 
+def check_resources(opts: SearchOptions) -> None:
+    """Refuse per-trial resources that no node of the connected cluster can ever provide."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for flag, key, amount in (("--cpus-per-trial", "CPU", opts.cpus_per_trial),
+                              ("--gpus-per-trial", "GPU", opts.gpus_per_trial)):
+        largest = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if amount > largest:
+            raise ConfigError(f"{flag} {amount:g}: no node of this Ray cluster has {amount:g} {key}s "
+                              f"(the largest has {largest:g}); every trial would wait forever")
+
+
+def _forward_sigterm() -> Any:
+    """SIGTERM does what Ctrl-C does during a search: Ray Tune stops cleanly and saves its state."""
+    return signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+
+
 def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"  # Ray's default names carry ',' and '=': awkward in a shell
+    return trial_dirname(trial.trial_id)
 
 
-def _trainable(cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
+def _trial_rows(opts: SearchOptions, mode: str) -> list[dict[str, Any]]:
+    """This experiment's own record of the mode's trials (the Parquet trials table)."""
+    return [r for r in read_rows(results_dir(opts.experiment_dir) / "trials") if r["mode"] == mode]
+
+
+def _trainable(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
                fn: Trainable) -> Any:
     base = OmegaConf.to_container(cfg, resolve=True)
-    with_data = tune.with_parameters(fn, base_cfg=base, space=space, store=store_ref)
+    settled = {r["trial_id"]: {"select_psnr": r["last_select_psnr"] or 0.0, "select_ssim": r["last_select_ssim"] or 0.0}
+               for r in _trial_rows(opts, mode) if r["status"] in SETTLED}
+    with_data = tune.with_parameters(fn, mode=mode, base_cfg=base, space=space, store=store_ref,
+                                     trials_dir=str(opts.experiment_dir / f"tune-{mode}"), settled=settled)
     return tune.with_resources(with_data, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
 def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
            fn: Trainable) -> tune.Tuner:
-    trainable = _trainable(cfg, space, store_ref, opts, fn)
+    trainable = _trainable(mode, cfg, space, store_ref, opts, fn)
     path = opts.experiment_dir / f"tune-{mode}"
+    restore_state_backup(path)
     if tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     searcher = OptunaSearch(  # given its own space, it ignores TuneConfig's metric: name it here too
         space=space.for_mode(mode),
         metric=space.metric,
@@ -110,7 +163,6 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
     }
     return tune.Tuner(
         trainable,
-        param_space={"mode": mode},
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
@@ -128,31 +180,67 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
             ),
-            callbacks=[ParquetResultsCallback(opts.experiment_dir, identity, opts.epochs, space.metric)],
+            callbacks=[ParquetResultsCallback(opts.experiment_dir, identity, mode, opts.epochs, space.metric),
+                       StateBackupCallback(path)],
             verbose=1,
         ),
     )
 
 
-def _summary(mode: str, grid: tune.ResultGrid, space: SearchSpace) -> dict[str, Any]:
-    finished = [r for r in grid if r.metrics and space.metric in r.metrics]
-    errors = sum(1 for r in grid if r.error is not None)
-    summary: dict[str, Any] = {"mode": mode, "trials": len(grid), "errors": errors}
-    if not finished:
-        return summary
-    best = grid.get_best_result(metric=space.metric, mode=space.mode, scope="all")
-    history = best.metrics_dataframe
-    row = history.loc[history[space.metric].idxmax() if space.mode == "max" else history[space.metric].idxmin()]
-    ckpt = best.get_best_checkpoint(space.metric, space.mode)
-    summary["best"] = {
-        "trial_id": best.metrics.get("trial_id"),
-        "params": {k: v for k, v in best.config.items() if k != "mode"},
-        "select_psnr": float(row["select_psnr"]),
-        "select_ssim": float(row["select_ssim"]),
-        "epoch": int(row["epoch"]),
-        "checkpoint": str(Path(ckpt.path) / "checkpoint.pt") if ckpt else None,
-    }
+def _summary(mode: str, space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
+    """The mode's outcome from the experiment's own records: trials, failures, and the best finished trial.
+
+    A trial that errored or whose loss diverged counts as failed and is never the best.
+    """
+    rows = _trial_rows(opts, mode)
+    summary: dict[str, Any] = {"mode": mode, "trials": len(rows),
+                               "errors": sum(r["status"] in FAILED for r in rows)}
+    best_col = f"best_{space.metric}"
+    finished = [r for r in rows if r["status"] in FINISHED and r[best_col] is not None and r["best_checkpoint_path"]]
+    if finished:
+        best = max(sorted(finished, key=lambda r: r["trial_id"]), key=lambda r: r[best_col])
+        summary["best"] = {
+            "trial_id": best["trial_id"],
+            "params": {name: best.get(name) for name in space.for_mode(mode)},
+            "select_psnr": best["best_select_psnr"],
+            "select_ssim": best["best_select_ssim"],
+            "epoch": best["best_epoch"],
+            "checkpoint": best["best_checkpoint_path"],
+        }
     return summary
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    while err is not None:
+        if isinstance(err, DiskFullError) or getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) \
+                or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _fit(tuner: tune.Tuner, opts: SearchOptions) -> None:
+    """``tuner.fit()``, with a full disk (wrapped by Ray Tune in its own errors) said in one line."""
+    try:
+        tuner.fit()
+    except Exception as err:
+        if _disk_full(err):
+            raise DiskFullError(errno.ENOSPC, f"no space left on the device holding {opts.experiment_dir}; free "
+                                              "some and run the same command again to resume") from None
+        raise
+
+
+def _check_disk(mode: str, opts: SearchOptions) -> None:
+    """Trials that failed because the disk was full are not failures of their settings: stop, to resume later."""
+    if any(r["status"] == "ERROR" and "No space left on device" in (r["error"] or "") for r in _trial_rows(opts, mode)):
+        raise DiskFullError(errno.ENOSPC, f"no space left on the device holding {opts.experiment_dir}: the {mode} "
+                                          "trials could not save; free some and run the same command again to resume")
+
+
+def _interrupted(mode: str, opts: SearchOptions) -> bool:
+    """Whether the mode stopped before all its trials reached a final status (by the experiment's own records)."""
+    rows = _trial_rows(opts, mode)
+    return len(rows) < opts.trials or any(r["status"] not in SETTLED + ("ERROR",) for r in rows)
 
 
 def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: SearchOptions,
@@ -164,7 +252,16 @@ def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: Sear
     exp = opts.experiment_dir
     atomic_write_text(exp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(exp / "search.json", json.dumps(asdict(opts), indent=2))
+    check_resources(opts)
     store_ref = ray.put(store)  # one copy in the object store; trials on a node map it zero-copy
-    summaries = [_summary(mode, _tuner(mode, cfg, space, store_ref, opts, trainable).fit(), space)
-                 for mode in opts.modes]
+    previous = _forward_sigterm()
+    try:
+        for mode in opts.modes:  # --mode both stops as a whole: an interrupted half ends the search
+            _fit(_tuner(mode, cfg, space, store_ref, opts, trainable), opts)
+            _check_disk(mode, opts)
+            if _interrupted(mode, opts):
+                raise SearchInterrupted(f"the {mode} trials did not all finish")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summaries = [_summary(mode, space, opts) for mode in opts.modes]
     return {"experiment_dir": str(exp), "results": str(exp / "results"), "modes": summaries}

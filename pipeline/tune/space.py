@@ -17,8 +17,9 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import group_dir
+from ..config import ConfigError, group_dir
 from ..results import METRICS
+from ..trainer import TRAINING_BOUNDS, check_value
 
 __all__ = [
     "SAMPLERS", "SearchSpaceError", "ParamSpec", "SearchSpace", "resolve_space_path", "load_search_space",
@@ -113,6 +114,12 @@ def _param(source: str, name: str, raw: Any, cfg: DictConfig | None) -> ParamSpe
         raise SearchSpaceError(f"{where} needs numeric low and high ({err})") from err
     if not low < high or (raw.get("log") and low <= 0):
         raise SearchSpaceError(f"{where}: expected 0 < low < high for log ranges and low < high otherwise, got {low}, {high}")
+    if raw["key"] in TRAINING_BOUNDS:  # a range reaching where training cannot work (an lr of 1e6) is refused
+        for end, value in (("low", low), ("high", high)):
+            try:
+                check_value(raw["key"], value)
+            except ConfigError as err:
+                raise SearchSpaceError(f"{where}.{end}: {err}") from None
     return ParamSpec(name, raw["key"], kind, low, high, bool(raw.get("log")), bild_only=bool(raw.get("bild_only")))
 
 

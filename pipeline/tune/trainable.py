@@ -8,6 +8,7 @@ per epoch so that ASHA can stop it and Optuna can learn from it.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ from omegaconf import OmegaConf
 from ray import tune
 
 from ..bild import NonFiniteLossError
+from ..checkpoints import CheckpointError, load_checkpoint
 from ..data import PairStore
 from ..trainer import Trainer
 from .space import SearchSpace, apply_params
 
-__all__ = ["CHECKPOINT_FILE", "NONFINITE_PSNR", "train_trial"]
+__all__ = ["CHECKPOINT_FILE", "NONFINITE_PSNR", "train_trial", "trial_dirname"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Reported as select_psnr when a trial's loss becomes NaN/inf: Optuna's tell() rejects NaN and
@@ -35,25 +37,60 @@ def _store_is_shared(store: PairStore) -> bool:
     return not store.hazy[0].flags.writeable
 
 
-def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: SearchSpace, store: PairStore) -> None:
-    """Function trainable: ``config`` holds the sampled hyperparameters and the mode.
+def _newest_complete_checkpoint(trial_dir: Path, given: Path | None) -> dict[str, Any] | None:
+    """The newest checkpoint of this trial that reads whole: Tune's own, or a newer one on disk.
+
+    After a killed driver, Ray Tune restores the experiment state it last saved, which can
+    predate the trial's latest checkpoints (and a full disk can leave the newest one cut
+    short). The trial folder itself is the record of what was saved: take the newest file
+    that loads, newest first.
+    """
+    found = sorted(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True)
+    for path in [*found, *([given] if given else [])]:
+        try:
+            return load_checkpoint(path)
+        except (CheckpointError, FileNotFoundError):
+            continue
+    return None
+
+
+def trial_dirname(trial_id: str) -> str:
+    """A trial's folder name under ``tune-<mode>/`` (Ray's default names carry ',' and '=': awkward in a shell)."""
+    return f"trial_{trial_id}"
+
+
+def train_trial(
+    config: dict[str, Any], *, mode: str, base_cfg: dict[str, Any], space: SearchSpace, store: PairStore,
+    trials_dir: str, settled: dict[str, dict[str, float]] | None = None,
+) -> None:
+    """Function trainable: ``config`` holds the sampled hyperparameters, ``mode`` the training mode.
 
     ``store`` arrives through ``tune.with_parameters`` from the driver's single ``ray.put``:
-    a zero-copy, read-only view of the one copy in this node's object store.
+    a zero-copy, read-only view of the one copy in this node's object store. ``trials_dir`` is
+    where the trial folders are stored (``tune-<mode>/``, not the worker's local copy). ``settled``
+    maps the trials this experiment's own records already show as finished (ASHA stopped
+    them, they ran out, their loss diverged) to their last metrics: such a trial reports those
+    once, marked ``settled``, and returns, so that a driver killed before Ray Tune saved the
+    decision cannot undo it on resume.
     """
     ctx = tune.get_context()
+    if ctx.get_trial_id() in (settled or {}):
+        tune.report({**settled[ctx.get_trial_id()], "settled": True})
+        return
     cfg = OmegaConf.create(base_cfg)
     OmegaConf.set_struct(cfg, False)
-    cfg.mode = config["mode"]
+    cfg.mode = mode
     cfg = apply_params(cfg, config, space)
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
     torch.set_num_threads(cpus)
     trainer = Trainer(cfg, store)
 
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            trainer.load(Path(d) / CHECKPOINT_FILE)
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as given:
+        trial_dir = Path(trials_dir) / trial_dirname(ctx.get_trial_id())
+        state = _newest_complete_checkpoint(trial_dir, given and Path(given) / CHECKPOINT_FILE)
+    if state is not None:
+        trainer.load_state_dict(state)
 
     context = {
         "device": str(trainer.device),
