@@ -20,6 +20,9 @@ __all__ = ["DiskFullError", "atomic_write", "atomic_write_text"]
 class DiskFullError(OSError):
     """No space left (or quota exceeded) while writing a file; the message names the file."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it into place.

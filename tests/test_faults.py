@@ -102,7 +102,7 @@ def test_killed_driver_resumes_exactly(tmp_path: Path, sig: signal.Signals) -> N
     after = _epoch_stamps(exp)
     # Every epoch reported before the kill is kept as it was: no trial started again from scratch.
     assert all(after[key] == stamp for key, stamp in stamps.items() if key[0] in set(table["trial_id"]))
-    assert not (exp / "results" / "trials").glob("*.tmp") and "RUNNING" not in table["status"].to_list()
+    assert not list((exp / "results").rglob("*.tmp")) and "RUNNING" not in table["status"].to_list()
 
 
 def test_ctrl_c_stops_both_modes_at_once_and_says_so(tmp_path: Path) -> None:

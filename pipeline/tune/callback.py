@@ -100,8 +100,7 @@ class ParquetResultsCallback(Callback):
         if result.get("settled"):  # a finished trial telling Tune again what the records hold: nothing new
             return
         row = self._trial_row(trial)
-        ckpt_name = result.get("checkpoint_dir_name")
-        ckpt = str(Path(trial.path) / ckpt_name / "checkpoint.pt") if ckpt_name else None
+        ckpt = result.get("checkpoint_path") or None
         psnr, ssim = _float(result.get("select_psnr")), _float(result.get("select_ssim"))
         epoch_row = {
             **self._trial_identity(trial),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -117,6 +118,21 @@ def check_resources(opts: SearchOptions) -> None:
                               f"(the largest has {largest:g}); every trial would wait forever")
 
 
+class _OneLineTrialFailures(logging.Filter):
+    """Ray Tune logs a failed trial with its whole traceback; say it in one line (the trial's error file keeps it all).
+
+    The failure itself is recorded in the results (status ERROR, the error's last line) and in
+    Ray's ``error.txt`` in the trial folder, so the terminal needs only the gist.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Trial task failed"):
+            last = str(record.exc_info[1]).strip().splitlines()[-1] if record.exc_info[1] else ""
+            record.msg, record.args = f"{record.getMessage()}: {last}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _forward_sigterm() -> Any:
     """SIGTERM does what Ctrl-C does during a search: Ray Tune stops cleanly and saves its state."""
     return signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
@@ -177,9 +193,6 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
             name=f"tune-{mode}",
             storage_path=str(opts.experiment_dir),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
-            ),
             callbacks=[ParquetResultsCallback(opts.experiment_dir, identity, mode, opts.epochs, space.metric),
                        StateBackupCallback(path)],
             verbose=1,
@@ -255,6 +268,9 @@ def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: Sear
     check_resources(opts)
     store_ref = ray.put(store)  # one copy in the object store; trials on a node map it zero-copy
     previous = _forward_sigterm()
+    controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _OneLineTrialFailures) for f in controller_log.filters):
+        controller_log.addFilter(_OneLineTrialFailures())
     try:
         for mode in opts.modes:  # --mode both stops as a whole: an interrupted half ends the search
             _fit(_tuner(mode, cfg, space, store_ref, opts, trainable), opts)

@@ -8,8 +8,8 @@ per epoch so that ASHA can stop it and Optuna can learn from it.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,27 @@ from ray import tune
 from ..bild import NonFiniteLossError
 from ..checkpoints import CheckpointError, load_checkpoint
 from ..data import PairStore
+from ..files import atomic_write_text
 from ..trainer import Trainer
 from .space import SearchSpace, apply_params
 
-__all__ = ["CHECKPOINT_FILE", "NONFINITE_PSNR", "train_trial", "trial_dirname"]
+__all__ = ["CHECKPOINT_FILE", "NONFINITE_PSNR", "checkpoint_dirname", "train_trial", "trial_dirname"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SCORE_FILE = "score.json"
 # Reported as select_psnr when a trial's loss becomes NaN/inf: Optuna's tell() rejects NaN and
 # Ray then silently drops the trial from the study; a floor value keeps it, ranked last.
 NONFINITE_PSNR = 0.0
+
+
+def trial_dirname(trial_id: str) -> str:
+    """A trial's folder name under ``tune-<mode>/`` (Ray's default names carry ',' and '=': awkward in a shell)."""
+    return f"trial_{trial_id}"
+
+
+def checkpoint_dirname(epoch: int) -> str:
+    """The folder of the checkpoint taken after ``epoch`` (1-based): ``checkpoint_000000`` after epoch 1."""
+    return f"checkpoint_{epoch - 1:06d}"
 
 
 def _store_is_shared(store: PairStore) -> bool:
@@ -37,16 +49,9 @@ def _store_is_shared(store: PairStore) -> bool:
     return not store.hazy[0].flags.writeable
 
 
-def _newest_complete_checkpoint(trial_dir: Path, given: Path | None) -> dict[str, Any] | None:
-    """The newest checkpoint of this trial that reads whole: Tune's own, or a newer one on disk.
-
-    After a killed driver, Ray Tune restores the experiment state it last saved, which can
-    predate the trial's latest checkpoints (and a full disk can leave the newest one cut
-    short). The trial folder itself is the record of what was saved: take the newest file
-    that loads, newest first.
-    """
-    found = sorted(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True)
-    for path in [*found, *([given] if given else [])]:
+def _newest_complete_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
+    """The newest checkpoint in the trial's folder that reads whole (a crash can cut the newest short)."""
+    for path in sorted(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True):
         try:
             return load_checkpoint(path)
         except (CheckpointError, FileNotFoundError):
@@ -54,9 +59,27 @@ def _newest_complete_checkpoint(trial_dir: Path, given: Path | None) -> dict[str
     return None
 
 
-def trial_dirname(trial_id: str) -> str:
-    """A trial's folder name under ``tune-<mode>/`` (Ray's default names carry ',' and '=': awkward in a shell)."""
-    return f"trial_{trial_id}"
+def _save_epoch(trainer: Trainer, trial_dir: Path, metrics: dict[str, Any], metric: str) -> Path:
+    """Checkpoint the epoch into the trial folder, then keep only the newest and the best checkpoints.
+
+    The trainable writes its checkpoints itself, atomically, instead of handing them to Ray
+    Tune to copy: a file copied when the disk fills up is left cut short, and a killed
+    driver's saved state can predate the newest one. The trial folder is the record.
+    """
+    folder = trial_dir / checkpoint_dirname(trainer.epoch)
+    trainer.save(folder / CHECKPOINT_FILE, metrics=metrics)
+    atomic_write_text(folder / SCORE_FILE, json.dumps({metric: metrics[metric]}))
+    scores = {}
+    for saved in trial_dir.glob(f"checkpoint_*/{SCORE_FILE}"):
+        try:
+            scores[saved.parent] = json.loads(saved.read_text())[metric]
+        except (ValueError, KeyError):
+            continue  # cut short: never the best
+    keep = {folder, max(scores, key=scores.get)}
+    for old in trial_dir.glob("checkpoint_*"):
+        if old not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder / CHECKPOINT_FILE
 
 
 def train_trial(
@@ -67,11 +90,11 @@ def train_trial(
 
     ``store`` arrives through ``tune.with_parameters`` from the driver's single ``ray.put``:
     a zero-copy, read-only view of the one copy in this node's object store. ``trials_dir`` is
-    where the trial folders are stored (``tune-<mode>/``, not the worker's local copy). ``settled``
-    maps the trials this experiment's own records already show as finished (ASHA stopped
-    them, they ran out, their loss diverged) to their last metrics: such a trial reports those
-    once, marked ``settled``, and returns, so that a driver killed before Ray Tune saved the
-    decision cannot undo it on resume.
+    the shared folder holding the trial folders (``tune-<mode>/``): a trial resumes from the
+    newest complete checkpoint in its own. ``settled`` maps the trials this experiment's own
+    records already show as finished (ASHA stopped them, they ran out, their loss diverged)
+    to their last metrics: such a trial reports those once, marked ``settled``, and returns, so
+    that a driver killed before Ray Tune saved the decision cannot undo it on resume.
     """
     ctx = tune.get_context()
     if ctx.get_trial_id() in (settled or {}):
@@ -84,11 +107,8 @@ def train_trial(
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
     torch.set_num_threads(cpus)
     trainer = Trainer(cfg, store)
-
-    checkpoint = tune.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as given:
-        trial_dir = Path(trials_dir) / trial_dirname(ctx.get_trial_id())
-        state = _newest_complete_checkpoint(trial_dir, given and Path(given) / CHECKPOINT_FILE)
+    trial_dir = Path(trials_dir) / trial_dirname(ctx.get_trial_id())
+    state = _newest_complete_checkpoint(trial_dir)
     if state is not None:
         trainer.load_state_dict(state)
 
@@ -106,6 +126,5 @@ def train_trial(
                          "nonfinite": str(err), **context})
             return
         metrics.update(epoch=trainer.epoch, nonfinite="", **context)
-        with tempfile.TemporaryDirectory() as d:
-            trainer.save(Path(d) / CHECKPOINT_FILE, metrics=metrics)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        path = _save_epoch(trainer, trial_dir, metrics, space.metric)
+        tune.report({**metrics, "checkpoint_path": str(path)})
