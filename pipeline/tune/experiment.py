@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ..config import ConfigError, compose_config, group_dir, saved_config
 from ..data import PairStore
 from ..files import atomic_write_text
 from ..trainer import Trainer, load_store
-from .runner import SearchOptions, Trainable, run_search, start_ray
+from .runner import STUDY_JOURNAL, SearchOptions, Trainable, run_search, start_ray, study_name
 from .space import SearchSpace, load_search_space, space_from_dict
 from .trainable import train_trial
 
@@ -146,6 +147,13 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, Sea
     return cfg, space, store, opts
 
 
+def _optuna_info(opts: SearchOptions) -> dict[str, Any]:
+    """Where the experiment's Optuna studies are, and the command that shows them."""
+    journal = opts.experiment_dir / STUDY_JOURNAL
+    return {"storage": str(journal), "studies": [study_name(opts.name, mode) for mode in opts.modes],
+            "dashboard_command": f"optuna-dashboard {shlex.quote(str(journal))}"}
+
+
 def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> dict[str, Any]:
     """Validate, start or join Ray, run the search, and return its summary (also written to summary.json)."""
     cfg, space, store, opts = prepare(req)
@@ -153,8 +161,11 @@ def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> di
     print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
     print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
           f"{opts.epochs} epochs, {opts.concurrency} at once)", flush=True)
+    optuna_info = _optuna_info(opts)
+    print(f"Optuna dashboard: {optuna_info['dashboard_command']}  (studies {', '.join(optuna_info['studies'])}; "
+          "needs pip install optuna-dashboard)", flush=True)
     try:
-        summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info}
+        summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info, "optuna": optuna_info}
     finally:
         ray.shutdown()  # disconnects from a cluster; stops the local Ray this search started
     atomic_write_text(opts.experiment_dir / "summary.json", json.dumps(summary, indent=2, default=str))
@@ -178,6 +189,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  checkpoint: {best['checkpoint']}",
         ]
     lines += [f"results (Parquet): {summary['results']}",
+              f"Optuna studies {', '.join(summary['optuna']['studies'])}: {summary['optuna']['dashboard_command']}",
               f"next: python -m pipeline.analyze {summary['experiment_dir']}  |  "
               f"python -m pipeline.promote {summary['experiment_dir']}"]
     return "\n".join(lines)

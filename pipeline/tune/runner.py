@@ -7,12 +7,15 @@ Experiment folder (``<storage>/<name>/``):
     config.yaml        the resolved Hydra config (backbone, dataset, search space, training)
     search.json        the search options (trials, concurrency, resources, modes)
     results/           the Parquet tables (pipeline/results.py)
+    optuna/journal.log the Optuna studies, one per mode (``<name>-<mode>``): optuna.load_study and
+                       optuna-dashboard read them (:func:`study_storage`, :func:`study_name`)
     tune-bild/         Ray Tune's experiment for the bild trials (trial folders, checkpoints)
     tune-plain/        ... and for plain trials with ``--mode both``
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Callable
@@ -20,22 +23,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+import polars as pl
 import ray
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from ..data import PairStore
 from ..files import atomic_write_text
-from ..results import HYPERPARAM_KEYS
+from ..results import HYPERPARAM_KEYS, read_table, write_trial_row
 from .callback import ParquetResultsCallback
 from .space import SearchSpace, make_sampler
 from .trainable import train_trial
 
-__all__ = ["SearchOptions", "Trainable", "start_ray", "run_search"]
+__all__ = ["STUDY_JOURNAL", "SearchOptions", "Trainable", "run_search", "start_ray", "study_name", "study_storage"]
 
+STUDY_JOURNAL = Path("optuna") / "journal.log"  # inside the experiment folder
 # What each trial runs: ``train_trial``'s signature (config, *, base_cfg, space, store).
 Trainable = Callable[..., None]
 
@@ -78,8 +87,79 @@ def start_ray(opts: SearchOptions) -> dict[str, Any]:
     return info
 
 
+def study_storage(experiment_dir: str | os.PathLike) -> JournalStorage:
+    """The experiment's Optuna storage: a journal file, appended to (and fsynced) one record at a time.
+
+    A journal survives the driver being killed mid-write (a torn last line is skipped on
+    reading) and needs no database; ``optuna-dashboard <file>`` opens it as it is written.
+    """
+    path = Path(experiment_dir) / STUDY_JOURNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def study_name(experiment: str, mode: str) -> str:
+    """One study per mode: ``--mode both`` searches bild and plain with separate samplers."""
+    return f"{experiment}-{mode}"
+
+
+class _StudySearch(OptunaSearch):
+    """OptunaSearch that labels each Optuna trial with its Ray trial id (user attribute ``trial_id``),
+    so a trial in optuna-dashboard is found in the Parquet tables and among the trial folders."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)  # the Optuna trial suggest just asked for
+        return params
+
+
+def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearch:
+    storage, name = study_storage(opts.experiment_dir), study_name(opts.name, mode)
+    # Created here first so the study says what it optimises; OptunaSearch then loads it (load_if_exists).
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    study.set_metric_names([space.metric])
+    for key, value in {"experiment": opts.name, "mode": mode, "metric": space.metric}.items():
+        study.set_user_attr(key, value)
+    return _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
+        space=space.for_mode(mode),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=make_sampler(space, opts.trials, opts.seed),
+        study_name=name,
+        storage=storage,
+    )
+
+
+TRIAL_DIR_PREFIX = "trial_"
+LOST = ("lost: the search driver was killed before Ray recorded this trial; the resumed search ran its "
+        "configuration again as a new trial")
+
+
 def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"  # Ray's default names carry ',' and '=': awkward in a shell
+    return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"  # Ray's default names carry ',' and '=': awkward in a shell
+
+
+def _settle_lost_trials(mode: str, grid: tune.ResultGrid, opts: SearchOptions) -> None:
+    """Fail the trials the study and the Parquet table hold as RUNNING but Ray no longer knows.
+
+    A driver killed (kill -9) between two of Ray's experiment snapshots loses the trials it
+    started in between, and the resumed search runs their configurations again under new ids.
+    The lost ones are marked FAIL (study) and ERROR (Parquet), so nothing stays RUNNING forever
+    and the two keep agreeing. Trials that Ctrl-C left unfinished are in ``grid``: untouched.
+    """
+    known = {Path(r.path).name.removeprefix(TRIAL_DIR_PREFIX) for r in grid}
+    study = optuna.load_study(study_name=study_name(opts.name, mode), storage=study_storage(opts.experiment_dir))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("trial_id") not in known:
+            study.tell(trial.number, state=TrialState.FAIL)
+    try:
+        rows = read_table([opts.experiment_dir], "trials")
+    except FileNotFoundError:  # no trial got as far as starting
+        return
+    lost = rows.filter((pl.col("mode") == mode) & (pl.col("status") == "RUNNING") & ~pl.col("trial_id").is_in(known))
+    for row in lost.to_dicts():
+        write_trial_row(opts.experiment_dir, {**row, "status": "ERROR", "error": LOST,
+                                              "updated_at": dt.datetime.now(dt.timezone.utc)})
 
 
 def _trainable(cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
@@ -95,12 +175,6 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
     path = opts.experiment_dir / f"tune-{mode}"
     if tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
-    searcher = OptunaSearch(  # given its own space, it ignores TuneConfig's metric: name it here too
-        space=space.for_mode(mode),
-        metric=space.metric,
-        mode=space.mode,
-        sampler=make_sampler(space, opts.trials, opts.seed),
-    )
     identity = {
         "experiment": opts.name,
         "backbone": cfg.backbone.name,
@@ -114,7 +188,7 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts.concurrency),
+            search_alg=ConcurrencyLimiter(_searcher(mode, space, opts), max_concurrent=opts.concurrency),
             scheduler=ASHAScheduler(max_t=opts.epochs, grace_period=opts.grace_period, reduction_factor=2,
                                     time_attr="training_iteration"),
             num_samples=opts.trials,
@@ -165,6 +239,9 @@ def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: Sear
     atomic_write_text(exp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(exp / "search.json", json.dumps(asdict(opts), indent=2))
     store_ref = ray.put(store)  # one copy in the object store; trials on a node map it zero-copy
-    summaries = [_summary(mode, _tuner(mode, cfg, space, store_ref, opts, trainable).fit(), space)
-                 for mode in opts.modes]
+    summaries = []
+    for mode in opts.modes:
+        grid = _tuner(mode, cfg, space, store_ref, opts, trainable).fit()
+        _settle_lost_trials(mode, grid, opts)
+        summaries.append(_summary(mode, grid, space))
     return {"experiment_dir": str(exp), "results": str(exp / "results"), "modes": summaries}
