@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ from ..backbones import UnknownBackboneError, list_presets
 from ..config import ConfigError, compose_config, group_dir, saved_config
 from ..data import PairStore
 from ..files import atomic_write_text
+from ..studies import dashboard_command, study_journal, study_name
 from ..trainer import Trainer, load_store
-from .runner import STUDY_JOURNAL, SearchOptions, Trainable, run_search, start_ray, study_name
+from .runner import SearchOptions, Trainable, run_search, start_ray
 from .space import SearchSpace, load_search_space, space_from_dict
 from .trainable import train_trial
 
@@ -149,9 +149,9 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, Sea
 
 def _optuna_info(opts: SearchOptions) -> dict[str, Any]:
     """Where the experiment's Optuna studies are, and the command that shows them."""
-    journal = opts.experiment_dir / STUDY_JOURNAL
-    return {"storage": str(journal), "studies": [study_name(opts.name, mode) for mode in opts.modes],
-            "dashboard_command": f"optuna-dashboard {shlex.quote(str(journal))}"}
+    return {"storage": str(study_journal(opts.experiment_dir)),
+            "studies": [study_name(opts.name, mode) for mode in opts.modes],
+            "dashboard_command": dashboard_command(opts.experiment_dir)}
 
 
 def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> dict[str, Any]:

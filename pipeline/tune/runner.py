@@ -8,7 +8,7 @@ Experiment folder (``<storage>/<name>/``):
     search.json        the search options (trials, concurrency, resources, modes)
     results/           the Parquet tables (pipeline/results.py)
     optuna/journal.log the Optuna studies, one per mode (``<name>-<mode>``): optuna.load_study and
-                       optuna-dashboard read them (:func:`study_storage`, :func:`study_name`)
+                       optuna-dashboard read them (pipeline/studies.py)
     tune-bild/         Ray Tune's experiment for the bild trials (trial folders, checkpoints)
     tune-plain/        ... and for plain trials with ``--mode both``
 """
@@ -31,20 +31,18 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from ..data import PairStore
 from ..files import atomic_write_text
 from ..results import HYPERPARAM_KEYS, read_table, write_trial_row
+from ..studies import study_name, study_storage
 from .callback import ParquetResultsCallback
 from .space import SearchSpace, make_sampler
 from .trainable import train_trial
 
-__all__ = ["STUDY_JOURNAL", "SearchOptions", "Trainable", "run_search", "start_ray", "study_name", "study_storage"]
+__all__ = ["SearchOptions", "Trainable", "run_search", "start_ray"]
 
-STUDY_JOURNAL = Path("optuna") / "journal.log"  # inside the experiment folder
 # What each trial runs: ``train_trial``'s signature (config, *, base_cfg, space, store).
 Trainable = Callable[..., None]
 
@@ -85,22 +83,6 @@ def start_ray(opts: SearchOptions) -> dict[str, Any]:
         else "no token needed"
     )
     return info
-
-
-def study_storage(experiment_dir: str | os.PathLike) -> JournalStorage:
-    """The experiment's Optuna storage: a journal file, appended to (and fsynced) one record at a time.
-
-    A journal survives the driver being killed mid-write (a torn last line is skipped on
-    reading) and needs no database; ``optuna-dashboard <file>`` opens it as it is written.
-    """
-    path = Path(experiment_dir) / STUDY_JOURNAL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def study_name(experiment: str, mode: str) -> str:
-    """One study per mode: ``--mode both`` searches bild and plain with separate samplers."""
-    return f"{experiment}-{mode}"
 
 
 class _StudySearch(OptunaSearch):
