@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,7 +100,9 @@ def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearc
     storage, name = study_storage(opts.experiment_dir), study_name(opts.name, mode)
     # Created here first so the study says what it optimises; OptunaSearch then loads it (load_if_exists).
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
-    study.set_metric_names([space.metric])
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; it only labels the value in the dashboard
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([space.metric])
     for key, value in {"experiment": opts.name, "mode": mode, "metric": space.metric}.items():
         study.set_user_attr(key, value)
     return _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
