@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import REALDATA
 from pipeline.backbones import backbone_kwargs, create_backbone
 from pipeline.data import load_builtin, to_tensor
 from pipeline.data.images import decode_image
@@ -83,6 +84,18 @@ def test_export_dehazes_a_photo_like_pytorch(models: dict[str, Path], photo: tor
     entry = next(e for e in card["exports"] if e["file"] == str(out.resolve()))
     assert entry["format"] == fmt and entry["sha256"] == file_sha256(out)
     assert load_model(models[backbone])[1]["exports"]  # the card still loads after the export was recorded
+
+
+@pytest.mark.skipif(not (REALDATA / "unpaired").is_dir(), reason="needs ../shared/realdata/unpaired")
+def test_onnx_export_on_full_size_real_photos(models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "aodnet.onnx"
+    assert main([str(models["aodnet"]), "--format", "onnx", "--out", str(out)]) == 0
+    run = _onnx_runner(out)
+    model, _ = load_model(models["aodnet"])
+    for name in ("aodtorch_canyon.png", "aodtorch_man.png"):  # 768x576 and 580x435
+        x = to_tensor(decode_image(REALDATA / "unpaired" / name))
+        with torch.no_grad():
+            assert (run(x) - model(x)).abs().max().item() < 1e-4
 
 
 def test_a_backbone_traced_to_one_size_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -74,6 +74,8 @@ def test_model_file_is_the_backbone_alone_in_safetensors(promoted_twice: Path) -
     card = json.loads((folder / "card.json").read_text())
     assert card["format"] == CARD_FORMAT and card["kwargs"] and card["weights"]["file"] == "model.safetensors"
     assert card["weights"]["sha256"] == file_sha256(folder / "model.safetensors")
+    # Shared like any file the user writes (the umask decides), not owner-only.
+    assert (folder / "model.safetensors").stat().st_mode == (folder / "card.json").stat().st_mode
 
 
 def test_load_model_takes_every_form(search_run: Path, promoted_twice: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..backbones import build_from_kwargs
@@ -116,7 +116,8 @@ def save_model(folder: str | os.PathLike, backbone: dict[str, Any], state_dict: 
     folder = Path(folder)
     # safetensors stores dense row-major tensors: channels_last weights are copied, not refused.
     weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    file = atomic_write(folder / MODEL_FILE, lambda tmp: save_file(weights, str(tmp), metadata={"format": MODEL_FORMAT}))
+    data = save(weights, metadata={"format": MODEL_FORMAT})  # bytes: save_file would create the file owner-only (0600)
+    file = atomic_write(folder / MODEL_FILE, lambda tmp: tmp.write_bytes(data))
     card = {"format": CARD_FORMAT, "backbone": backbone["name"], "preset": backbone["preset"],
             "kwargs": backbone["kwargs"], "weights": {"file": MODEL_FILE, "sha256": file_sha256(file)}}
     card.update({k: v for k, v in provenance.items() if k not in card})
