@@ -176,7 +176,8 @@ def _from_safetensors(file: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 
 def read_weights(file: Path, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(backbone {name, preset, kwargs}, backbone weights) of a loaded ``bild-model/1`` or checkpoint dict."""
-    _get(state, "backbone.name", str, file), _get(state, "backbone.kwargs", dict, file)
+    _get(state, "backbone.name", str, file)  # checked here: build_backbone then gets a usable description
+    _get(state, "backbone.kwargs", dict, file)
     key = "state_dict" if state["format"] == LEGACY_MODEL_FORMAT else "models.backbone"
     return state["backbone"], _get(state, key, dict, file)
 
