@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from .config import flatten, saved_config
 from .files import atomic_write
 
-__all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "load_checkpoint", "resumed_config", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "load_checkpoint", "one_line", "resumed_config",
+           "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "bild-checkpoint/1"
 
@@ -34,22 +35,41 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike, formats: tuple[str, ...] = (CHECKPOINT_FORMAT,)) -> dict[str, Any]:
-    """Read a file written by :func:`save_checkpoint` (or another of ``formats``) without running code from it."""
+def one_line(err: BaseException) -> str:
+    """A library's (often multi-line) message on one line; for a refused pickle, the line naming what it wanted."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if "GLOBAL" in line]
+    return telling[0] if telling else " ".join(lines) or type(err).__name__
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    formats: tuple[str, ...] = (CHECKPOINT_FORMAT,),
+    *,
+    advice: str = "a checkpoint written by this project never needs that; load only files you trust",
+    trust: bool = False,
+) -> dict[str, Any]:
+    """Read a file written by :func:`save_checkpoint` (or another of ``formats``) without running code from it.
+
+    This is the project's only ``torch.load``. A file that needs more than tensors and plain
+    containers to unpickle is refused with :class:`CheckpointError` naming it, followed by
+    ``advice``. ``trust=True`` unpickles with ``weights_only=False``, which RUNS whatever code the
+    file holds: only the explicit ``python -m pipeline.models convert FILE --trust`` passes it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     expected = f"expected one of the formats {', '.join(formats)}"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} refused: it needs unpickling of more than tensors and plain data "
-                              f"({first}); only load files you trust, and convert them first") from err
+        raise CheckpointError(f"{path} refused: unpickling it would need more than tensors and plain data "
+                              f"({one_line(err)}); {advice}") from err
     except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {err}); {expected}") from err
+        raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {one_line(err)}); {expected}") from err
     if not isinstance(state, dict) or state.get("format") not in formats:
-        raise CheckpointError(f"{path} is not a model file; {expected}")
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} holds {found!r}, not a model or checkpoint; {expected}")
     return state
 
 

@@ -10,7 +10,11 @@ import polars as pl
 import pytest
 import torch
 
-from pipeline.models import MODEL_FORMAT, load_model
+from safetensors import safe_open
+
+from pipeline.checkpoints import load_checkpoint
+from pipeline.models import CARD_FORMAT, MODEL_FORMAT, load_model
+from pipeline.models.store import LEGACY_MODEL_FORMAT, file_sha256
 from pipeline.models.promotion import NoFinishedTrialError, best_trial, promote
 from pipeline.promote import main
 from pipeline.results import read_table, write_trial_row
@@ -61,17 +65,27 @@ def test_card_records_source_metrics_and_provenance(search_run: Path, promoted_t
     assert card["code"]["version"] and "git_commit" in card["code"] and card["promoted_at"]
 
 
-def test_model_file_is_the_backbone_alone(promoted_twice: Path) -> None:
-    state = torch.load(promoted_twice / "aodnet" / "v1" / "model.pt", weights_only=False)
-    assert state["format"] == MODEL_FORMAT and set(state) == {"format", "backbone", "state_dict"}
-    assert set(state["backbone"]) == {"name", "preset", "kwargs"}
-    assert all(key.startswith("k_estimation.") for key in state["state_dict"])
+def test_model_file_is_the_backbone_alone_in_safetensors(promoted_twice: Path) -> None:
+    folder = promoted_twice / "aodnet" / "v1"
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.safetensors"]
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"format": MODEL_FORMAT}
+        assert f.keys() and all(key.startswith("k_estimation.") for key in f.keys())
+    card = json.loads((folder / "card.json").read_text())
+    assert card["format"] == CARD_FORMAT and card["kwargs"] and card["weights"]["file"] == "model.safetensors"
+    assert card["weights"]["sha256"] == file_sha256(folder / "model.safetensors")
+    # Shared like any file the user writes (the umask decides), not owner-only.
+    assert (folder / "model.safetensors").stat().st_mode == (folder / "card.json").stat().st_mode
 
 
-def test_load_model_takes_every_form(search_run: Path, promoted_twice: Path) -> None:
+def test_load_model_takes_every_form(search_run: Path, promoted_twice: Path, tmp_path: Path) -> None:
     ckpt = best_trial(search_run)["checkpoint"]
-    forms = [promoted_twice / "aodnet" / "v1", promoted_twice / "aodnet" / "v1" / "model.pt",
-             promoted_twice / "aodnet", Path(ckpt)]
+    state = load_checkpoint(ckpt)  # an older promoted model.pt: one torch.save of the backbone alone
+    old = tmp_path / "model.pt"
+    torch.save({"format": LEGACY_MODEL_FORMAT, "backbone": state["backbone"],
+                "state_dict": state["models"]["backbone"]}, old)
+    forms = [promoted_twice / "aodnet" / "v1", promoted_twice / "aodnet" / "v1" / "model.safetensors",
+             promoted_twice / "aodnet", Path(ckpt), old]
     x = torch.rand(1, 3, 24, 24)
     outputs = []
     for form in forms:

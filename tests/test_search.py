@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import polars as pl
 import pytest
 import ray
@@ -21,6 +22,7 @@ from faults import dies_once_at_epoch, nan_at_epoch
 
 from pipeline.results import EPOCH_SCHEMA, TRIAL_SCHEMA, read_table
 from pipeline.search import main, search
+from pipeline.studies import study_name, study_storage
 from pipeline.tune import SearchSpaceError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,6 +210,10 @@ def test_dashboard_then_ctrl_c_then_same_name_resumes(tmp_path: Path) -> None:
     epochs = read_table([exp], "epochs")
     # A trial that had finished is not run again.
     assert epochs.filter(pl.col("trial_id") == first).height == epochs_before.filter(pl.col("trial_id") == first).height
+    # The Optuna study went through the same Ctrl-C: each trial in it once, all finished.
+    study = optuna.load_study(study_name=study_name("live", "bild"), storage=study_storage(exp))
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(trials["trial_id"])
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
 def _free_port() -> int:

@@ -1,7 +1,9 @@
 """The report after a search: leaderboard, BILD against plain, hyperparameter effects, curves.
 
-Reads the Parquet results of one or more experiments (``pipeline.results``). Every number
-here comes from the fixed selection set; the test set is read only by ``pipeline.promote``.
+Reads the Parquet results of one or more experiments (``pipeline.results``) and, for the
+hyperparameter importances of one experiment, its own Optuna studies (``pipeline.studies``).
+Every number here comes from the fixed selection set; the test set is read only by
+``pipeline.promote``.
 A trial counts as finished when its status is TERMINATED or STOPPED (ASHA stopped it
 early, so its best epoch is real): those are the trials compared and ranked.
 """
@@ -19,8 +21,10 @@ import optuna
 import polars as pl
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+from optuna.trial import TrialState
 
 from ..results import FINISHED, check_metric, read_table, searched_params
+from ..studies import experiment_studies
 
 __all__ = ["FORMATS", "analyze", "bootstrap_diff", "render"]
 
@@ -35,8 +39,12 @@ MIN_TRIALS_FOR_IMPORTANCE = 3
 
 
 def _latest_trials(trials: pl.DataFrame) -> pl.DataFrame:
-    """One row per (experiment, trial): the contract says so, but a copied folder may hold stale duplicates."""
-    return trials.sort("updated_at", nulls_last=False).unique(["experiment", "trial_id"], keep="last")
+    """One row per (experiment, trial), in a fixed order (the bootstrap resamples by position).
+
+    The contract says one row per trial, but a copied folder may hold stale duplicates.
+    """
+    latest = trials.sort("updated_at", nulls_last=False).unique(["experiment", "trial_id"], keep="last")
+    return latest.sort("experiment", "trial_id")
 
 
 def _epochs_or_empty(run_dirs: Sequence[str | os.PathLike]) -> pl.DataFrame | None:
@@ -120,8 +128,8 @@ def _distribution(name: str, values: pl.Series) -> BaseDistribution:
     return FloatDistribution(low, high, log=log)
 
 
-def _optuna_importance(rows: pl.DataFrame, params: list[str], target: str) -> dict[str, float]:
-    """Importances from an in-memory study holding the finished trials (PED-ANOVA: needs no scikit-learn)."""
+def _rebuilt_study(rows: pl.DataFrame, params: list[str], target: str) -> optuna.Study:
+    """An in-memory study holding the finished trials' ``target`` values, for scopes no search study covers."""
     dists = {p: _distribution(p, rows[p]) for p in params}
     trials = [
         optuna.trial.create_trial(params={p: row[p] for p in params}, distributions=dists, value=row[target])
@@ -129,7 +137,7 @@ def _optuna_importance(rows: pl.DataFrame, params: list[str], target: str) -> di
     ]
     study = optuna.create_study(direction="maximize")
     study.add_trials(trials)
-    return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+    return study
 
 
 def _spearman(rows: pl.DataFrame, param: str, target: str) -> float | None:
@@ -140,7 +148,22 @@ def _spearman(rows: pl.DataFrame, param: str, target: str) -> float | None:
     return None if rho is None or math.isnan(rho) else rho
 
 
-def _importance_scope(rows: pl.DataFrame, params: list[str], target: str) -> dict[str, Any]:
+def _importances(rows: pl.DataFrame, params: list[str], target: str,
+                 study: optuna.Study | None) -> tuple[dict[str, float], str, int]:
+    """(importances, method, trials used) by PED-ANOVA (needs no scikit-learn): on the search's own
+    study when it holds enough finished trials, else on a study rebuilt from the Parquet rows."""
+    evaluator = PedAnovaImportanceEvaluator()
+    used = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) if study is not None else 0
+    if used >= MIN_TRIALS_FOR_IMPORTANCE:
+        method = (f"optuna {type(evaluator).__name__} on study {study.study_name} "
+                  f"(the values Optuna was told: each trial's last {study.user_attrs['metric']})")
+    else:
+        study, used, method = _rebuilt_study(rows, params, target), rows.height, f"optuna {type(evaluator).__name__}"
+    return get_param_importances(study, evaluator=evaluator, params=params), method, used
+
+
+def _importance_scope(rows: pl.DataFrame, params: list[str], target: str,
+                      study: optuna.Study | None = None) -> dict[str, Any]:
     rows = rows.filter(pl.col(target).is_not_null() & pl.col(target).is_not_nan())
     # Plain trials leave the bild-only columns empty: absent everywhere means not searched here.
     present = [p for p in params if rows[p].null_count() < rows.height]
@@ -148,8 +171,7 @@ def _importance_scope(rows: pl.DataFrame, params: list[str], target: str) -> dic
     varying = [p for p in present if p not in incomplete and rows[p].n_unique() > 1]
     scope: dict[str, Any] = {"n_trials": rows.height, "method": "spearman", "params": [], "note": None}
     if rows.height >= MIN_TRIALS_FOR_IMPORTANCE and varying:
-        scope["method"] = "optuna PedAnovaImportanceEvaluator"
-        importance = _optuna_importance(rows, varying, target)
+        importance, scope["method"], scope["n_trials"] = _importances(rows, varying, target, study)
     else:
         importance = {}
         scope["note"] = (f"{rows.height} finished trial(s) and {len(varying)} varying parameter(s): too few for "
@@ -164,12 +186,26 @@ def _importance_scope(rows: pl.DataFrame, params: list[str], target: str) -> dic
     return scope
 
 
-def _importance(finished: pl.DataFrame, metric: str, params: list[str]) -> dict[str, dict[str, Any]]:
-    """Per scope: all finished trials (mode as a categorical when it varies), then each mode alone."""
+def _studies(run_dirs: Sequence[str | os.PathLike], metric: str) -> dict[str, optuna.Study]:
+    """mode -> the search's own study, for a report of one experiment whose studies optimised ``metric``."""
+    if len(run_dirs) != 1:
+        return {}
+    return {mode: study for mode, study in experiment_studies(run_dirs[0]).items()
+            if study.user_attrs.get("metric") == metric}
+
+
+def _importance(finished: pl.DataFrame, metric: str, params: list[str],
+                studies: dict[str, optuna.Study]) -> dict[str, dict[str, Any]]:
+    """Per scope: all finished trials (mode as a categorical when it varies), then each mode alone.
+
+    Each mode has its own study, so the search's own importances (from ``studies``) exist per mode;
+    the ``all`` scope, and experiments searched before studies were kept, rebuild a study from
+    the Parquet rows (each trial's best epoch).
+    """
     target = f"best_{metric}"
     scopes = {"all": _importance_scope(finished, [*params, "mode"], target)}
     for mode in sorted(finished["mode"].drop_nulls().unique().to_list()):
-        scopes[mode] = _importance_scope(finished.filter(pl.col("mode") == mode), params, target)
+        scopes[mode] = _importance_scope(finished.filter(pl.col("mode") == mode), params, target, studies.get(mode))
     return scopes
 
 
@@ -202,7 +238,7 @@ def analyze(run_dirs: Sequence[str | os.PathLike], metric: str = "select_psnr") 
         "leaderboard": _leaderboard(trials, metric, params),
         "modes": _modes(trials, finished),
         "comparison": _comparison(finished),
-        "importance": _importance(finished, metric, params),
+        "importance": _importance(finished, metric, params, _studies(run_dirs, metric)),
         "curves": _curves(_epochs_or_empty(run_dirs), trials, metric),
     }
 

@@ -6,17 +6,16 @@ re-evaluated outside the search: on the fixed selection set (which must reproduc
 value the search recorded) and, for the first time, on the fixed test set. Both sets are
 rebuilt from the checkpoint's own resolved config, and the result is written as
 
-    models/<backbone>/v<N>/model.pt     the backbone alone (see pipeline.models)
-    models/<backbone>/v<N>/card.json    config, metrics, source trial, data fingerprint, code version
-    models/<backbone>/LATEST            "v<N>"
-    models/index.parquet                every promoted model, one row each
+    models/<backbone>/v<N>/model.safetensors  the backbone's weights alone (see pipeline.models.store)
+    models/<backbone>/v<N>/card.json          architecture, config, metrics, source trial, data fingerprint, code version
+    models/<backbone>/LATEST                  "v<N>"
+    models/index.parquet                      every promoted model, one row each
 
 A version folder is never overwritten: N is one more than the largest present.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -36,12 +35,11 @@ from ..data import PairStore, Splits, load_dataset, split_by_scene
 from ..evaluation.inference import resolve_device, score_pairs
 from ..files import atomic_write_text
 from ..results import FINISHED, HYPERPARAMS, check_metric, read_table, searched_params, write_rows
-from .store import CARD_FILE, LATEST_FILE, MODEL_FILE, load_model, save_model
+from .store import CARD_FILE, LATEST_FILE, load_model, read_card, save_model
 
-__all__ = ["CARD_FORMAT", "INDEX_SCHEMA", "NoFinishedTrialError", "best_trial", "promote", "promotion_summary",
+__all__ = ["INDEX_SCHEMA", "NoFinishedTrialError", "best_trial", "promote", "promotion_summary",
            "write_index"]
 
-CARD_FORMAT = "bild-model-card/1"
 # Re-evaluation may run on another device or thread count than the search did.
 TOLERANCE = {"psnr": 0.05, "ssim": 2e-3}
 INDEX_SCHEMA = pa.schema(
@@ -186,19 +184,16 @@ def write_index(models_dir: str | os.PathLike) -> Path:
     """Rebuild ``index.parquet`` from every card under ``models_dir`` (so it can never drift from them)."""
     models_dir = Path(models_dir)
     cards = sorted(models_dir.glob(f"*/v*/{CARD_FILE}"))
-    rows = [_index_row(json.loads(c.read_text()), c.parent) for c in cards]
+    rows = [_index_row(read_card(c), c.parent) for c in cards]
     rows.sort(key=lambda r: (r["backbone"], int(r["version"][1:])))
     return write_rows(models_dir / "index.parquet", rows, INDEX_SCHEMA)
 
 
-def _card(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check: dict[str, Any],
-          test: dict[str, float], metric: str, version: str, run_dir: Path) -> dict[str, Any]:
+def _provenance(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check: dict[str, Any],
+                test: dict[str, float], metric: str, version: str, run_dir: Path) -> dict[str, Any]:
+    """The card's fields beyond the architecture: where the model came from and how well it did."""
     cfg = state["config"]
     return {
-        "format": CARD_FORMAT,
-        "backbone": state["backbone"]["name"],
-        "preset": state["backbone"]["preset"],
-        "kwargs": state["backbone"]["kwargs"],
         "version": version,
         "config": cfg,
         "hyperparameters": trial["hyperparameters"],
@@ -221,12 +216,12 @@ def _reserve_version(backbone_dir: Path) -> Path:
     return folder
 
 
-def _write_version(folder: Path, state: dict[str, Any], card: dict[str, Any]) -> None:
-    """model.pt and card.json into ``folder``, then LATEST beside it and the index above it."""
-    save_model(folder / MODEL_FILE, state["backbone"], state["models"]["backbone"])
-    atomic_write_text(folder / CARD_FILE, json.dumps(card, indent=2, allow_nan=False) + "\n")
+def _write_version(folder: Path, state: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """model.safetensors and card.json into ``folder``, then LATEST beside it and the index above it."""
+    card = save_model(folder, state["backbone"], state["models"]["backbone"], provenance)
     atomic_write_text(folder.parent / LATEST_FILE, folder.name + "\n")
     write_index(folder.parents[1])
+    return card
 
 
 def promote(
@@ -249,8 +244,7 @@ def promote(
     check = _selection_check(trial, _scores(model, store, splits.select, dev, eval_side))
     test = _scores(model, store, splits.test, dev, eval_side)
     folder = _reserve_version(Path(models_dir) / state["backbone"]["name"])
-    card = _card(trial, state, store, check, test, metric, folder.name, run_dir)
-    _write_version(folder, state, card)
+    card = _write_version(folder, state, _provenance(trial, state, store, check, test, metric, folder.name, run_dir))
     return {**card, "path": str(folder)}
 
 

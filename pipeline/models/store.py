@@ -1,82 +1,215 @@
-"""Promoted models on disk, and the one loader that evaluation and dehazing share.
+"""Promoted models on disk, and the one loader that evaluation, dehazing and export share.
 
-A promoted model is the backbone alone (the reweighter only ever exists in training):
+A promoted model is the backbone alone (the reweighter only ever exists in training), in
+files that hold no pickle, so loading one never runs code from it:
 
-    models/<backbone>/v<N>/model.pt     {"format": "bild-model/1", "backbone": {name, preset, kwargs}, "state_dict"}
-    models/<backbone>/v<N>/card.json    where it came from and how well it did (written by pipeline.promote)
-    models/<backbone>/LATEST            the newest version's folder name, e.g. "v3"
-    models/index.parquet                one row per promoted model
+    models/<backbone>/v<N>/model.safetensors  the weights (safetensors: tensors only, as Hugging Face and timm store them)
+    models/<backbone>/v<N>/card.json          architecture (backbone, preset, constructor kwargs), the weights' sha256,
+                                              where the model came from, how well it did, which exports exist
+    models/<backbone>/LATEST                  the newest version's folder name, e.g. "v3"
+    models/index.parquet                      one row per promoted model
 
-:func:`load_model` also reads a raw training checkpoint (``bild-checkpoint/1``), so a run
-can be evaluated before it is promoted.
+:func:`load_model` also reads a training checkpoint (``bild-checkpoint/1``), so a run can be
+evaluated before it is promoted, and a promoted ``model.pt`` of earlier versions
+(``bild-model/1``), both through the safe ``torch.load`` of ``pipeline.checkpoints``. An old
+file that needs more than that is refused with the command that converts it
+(``python -m pipeline.models convert``, see ``pipeline.models.convert``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..backbones import build_from_kwargs
-from ..checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ..checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, one_line
+from ..files import atomic_write, atomic_write_text
 
 __all__ = [
-    "MODEL_FORMAT",
-    "MODEL_FILE",
     "CARD_FILE",
+    "CARD_FORMAT",
     "LATEST_FILE",
-    "save_model",
-    "resolve_model_file",
+    "LEGACY_MODEL_FILE",
+    "LEGACY_MODEL_FORMAT",
+    "MODEL_FILE",
+    "MODEL_FORMAT",
+    "build_backbone",
+    "convert_advice",
+    "file_sha256",
     "load_model",
     "model_label",
+    "read_card",
+    "read_weights",
+    "resolve_model_file",
+    "save_model",
+    "write_card",
 ]
 
-MODEL_FORMAT = "bild-model/1"
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.safetensors"
+MODEL_FORMAT = "bild-model/2"  # in the safetensors header, so the file says what it is to any tool
 CARD_FILE = "card.json"
+CARD_FORMAT = "bild-model-card/2"
 LATEST_FILE = "LATEST"
+LEGACY_MODEL_FILE = "model.pt"  # one torch.save of {"format", "backbone", "state_dict"}
+LEGACY_MODEL_FORMAT = "bild-model/1"
 
 
-def save_model(path: str | os.PathLike, backbone: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write ``model.pt`` atomically: ``backbone`` is {name, preset, kwargs} as in a training checkpoint."""
-    return save_checkpoint(path, {"format": MODEL_FORMAT, "backbone": backbone, "state_dict": state_dict})
+def convert_advice(path: str | os.PathLike) -> str:
+    """What to do with an old model file the safe loader refuses."""
+    return (f"if you trust where it came from, convert it once with "
+            f"'python -m pipeline.models convert {path} --trust' (that runs the code inside it)")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _get(tree: Any, dotted: str, kind: type, file: Path) -> Any:
+    """``tree[a][b]...`` for ``dotted`` "a.b", checked to be a ``kind``: a malformed file gets one line, not a KeyError."""
+    value = tree
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{file} is malformed: {dotted} is missing or not a {kind.__name__}")
+    return value
+
+
+# --- the card -------------------------------------------------------------------------------------
+
+
+def read_card(path: str | os.PathLike) -> dict[str, Any]:
+    """A card.json as a dict; a truncated or foreign file is a one-line error naming it."""
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); expected a model card") from err
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(card).__name__}; expected a model card (an object)")
+    return card
+
+
+def write_card(folder: str | os.PathLike, card: dict[str, Any]) -> Path:
+    return atomic_write_text(Path(folder) / CARD_FILE, json.dumps(card, indent=2, allow_nan=False) + "\n")
+
+
+def save_model(folder: str | os.PathLike, backbone: dict[str, Any], state_dict: dict[str, torch.Tensor],
+               provenance: dict[str, Any]) -> dict[str, Any]:
+    """Write ``model.safetensors`` then ``card.json`` into ``folder``; returns the card.
+
+    ``backbone`` is {name, preset, kwargs} as in a training checkpoint; ``provenance`` is the
+    rest of the card (where the model came from, its scores). The card goes last, so a card
+    on disk always has its weights beside it.
+    """
+    folder = Path(folder)
+    # safetensors stores dense row-major tensors: channels_last weights are copied, not refused.
+    weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    data = save(weights, metadata={"format": MODEL_FORMAT})  # bytes: save_file would create the file owner-only (0600)
+    file = atomic_write(folder / MODEL_FILE, lambda tmp: tmp.write_bytes(data))
+    card = {"format": CARD_FORMAT, "backbone": backbone["name"], "preset": backbone["preset"],
+            "kwargs": backbone["kwargs"], "weights": {"file": MODEL_FILE, "sha256": file_sha256(file)}}
+    card.update({k: v for k, v in provenance.items() if k not in card})
+    write_card(folder, card)
+    return card
+
+
+# --- finding and reading --------------------------------------------------------------------------
+
+
+def _weights_in(folder: Path) -> Path | None:
+    """A version folder's weights: model.safetensors, else an older model.pt."""
+    return next((folder / f for f in (MODEL_FILE, LEGACY_MODEL_FILE) if (folder / f).is_file()), None)
 
 
 def resolve_model_file(path: str | os.PathLike) -> Path:
-    """The weights file behind ``path``: a file as is, a version folder's model.pt, a backbone folder's LATEST."""
+    """The weights file behind ``path``: a file as is (model.safetensors, an older model.pt, a
+    training checkpoint.pt), a version folder's weights, or those of a backbone folder's LATEST."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"model {path} does not exist; expected a model folder, model.pt or checkpoint.pt")
-    if (path / MODEL_FILE).is_file():
-        return path / MODEL_FILE
+        raise FileNotFoundError(f"model {path} does not exist; expected models/<backbone>[/v<N>], {MODEL_FILE}, "
+                                f"an older {LEGACY_MODEL_FILE} or a training checkpoint.pt")
+    found = _weights_in(path)
+    if found is not None:
+        return found
     if (path / LATEST_FILE).is_file():
         version = (path / LATEST_FILE).read_text().strip()
-        if not (path / version / MODEL_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path / LATEST_FILE} points at {version!r}, but {path / version / MODEL_FILE} is missing"
-            )
-        return path / version / MODEL_FILE
-    raise FileNotFoundError(
-        f"{path} holds neither {MODEL_FILE} nor {LATEST_FILE}; expected models/<backbone>/v<N>/ or models/<backbone>/"
-    )
+        found = _weights_in(path / version) if version else None
+        if found is None:
+            raise FileNotFoundError(f"{path / LATEST_FILE} points at {version!r}, but {path / version} holds no "
+                                    f"{MODEL_FILE}")
+        return found
+    raise FileNotFoundError(f"{path} holds neither {MODEL_FILE} nor {LATEST_FILE}; "
+                            "expected models/<backbone>/v<N>/ or models/<backbone>/")
 
 
-def _meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """The card beside a promoted model, else what the file itself says about the model."""
-    card = path.parent / CARD_FILE
-    if state["format"] == MODEL_FORMAT and card.is_file():
-        return json.loads(card.read_text())
-    meta: dict[str, Any] = {"backbone": state["backbone"]["name"], "preset": state["backbone"]["preset"],
-                            "source": {"checkpoint": str(path)}}
+def _from_safetensors(file: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(backbone {name, preset, kwargs}, weights, card) of a model.safetensors and the card beside it."""
+    card_file = file.parent / CARD_FILE
+    if not card_file.is_file():
+        raise CheckpointError(f"{file} has no {CARD_FILE} beside it; the card holds the model's architecture")
+    card = read_card(card_file)
+    backbone = {"name": _get(card, "backbone", str, card_file), "preset": card.get("preset"),
+                "kwargs": _get(card, "kwargs", dict, card_file)}
+    if file_sha256(file) != _get(card, "weights.sha256", str, card_file):
+        raise CheckpointError(f"{file} does not match the sha256 recorded in {card_file}: "
+                              "the weights were damaged or replaced since the card was written")
+    try:
+        weights = load_file(file)
+    except SafetensorError as err:
+        raise CheckpointError(f"{file} could not be read ({one_line(err)}); expected a safetensors file") from err
+    return backbone, weights, card
+
+
+def read_weights(file: Path, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(backbone {name, preset, kwargs}, backbone weights) of a loaded ``bild-model/1`` or checkpoint dict."""
+    _get(state, "backbone.name", str, file)  # checked here: build_backbone then gets a usable description
+    _get(state, "backbone.kwargs", dict, file)
+    key = "state_dict" if state["format"] == LEGACY_MODEL_FORMAT else "models.backbone"
+    return state["backbone"], _get(state, key, dict, file)
+
+
+def _pickle_meta(file: Path, state: dict[str, Any], backbone: dict[str, Any]) -> dict[str, Any]:
+    """An older model.pt's card beside it, else what the file itself says about the model."""
+    card = file.parent / CARD_FILE
+    if state["format"] == LEGACY_MODEL_FORMAT and card.is_file():
+        return read_card(card)
+    meta: dict[str, Any] = {"backbone": backbone["name"], "preset": backbone.get("preset"),
+                            "source": {"checkpoint": str(file)}}
     if state["format"] == CHECKPOINT_FORMAT:
-        meta.update(config=state["config"], epoch=state["epoch"])
+        meta.update(config=state.get("config"), epoch=state.get("epoch"))
     return meta
+
+
+def _from_pickle(file: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(backbone, weights, metadata) of an older model.pt or a training checkpoint, unpickled safely."""
+    state = load_checkpoint(file, (LEGACY_MODEL_FORMAT, CHECKPOINT_FORMAT), advice=convert_advice(file))
+    backbone, weights = read_weights(file, state)
+    return backbone, weights, _pickle_meta(file, state, backbone)
+
+
+def build_backbone(file: Path, backbone: dict[str, Any], weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The network ``backbone`` describes, holding ``weights``; one that does not fit is an error naming ``file``."""
+    try:
+        model = build_from_kwargs(backbone["name"], backbone["kwargs"])
+        model.load_state_dict(weights)
+    # An unknown backbone, kwargs its constructor does not take, or weights of another shape.
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{file} does not build a {backbone['name']!r} backbone ({one_line(err)})") from err
+    return model
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
@@ -87,12 +220,10 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     (benchmarks/inference_layout.py).
     """
     file = resolve_model_file(path)
-    state = load_checkpoint(file, (MODEL_FORMAT, CHECKPOINT_FORMAT))
-    backbone = state["backbone"]
-    model = build_from_kwargs(backbone["name"], backbone["kwargs"])
-    weights = state["state_dict"] if state["format"] == MODEL_FORMAT else state["models"]["backbone"]
-    model.load_state_dict(weights)
-    return model.to(memory_format=torch.channels_last).eval(), _meta(file, state)
+    read = _from_safetensors if file.suffix == ".safetensors" else _from_pickle
+    backbone, weights, meta = read(file)
+    model = build_backbone(file, backbone, weights)
+    return model.to(memory_format=torch.channels_last).eval(), meta
 
 
 def model_label(meta: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from ..backbones import UnknownBackboneError, list_presets
 from ..config import ConfigError, compose_config, flatten, group_dir, saved_config
 from ..data import PairStore
 from ..files import atomic_write_text
+from ..studies import dashboard_command, study_journal, study_name
 from ..trainer import Trainer, load_store
 from .runner import SearchInterrupted, SearchOptions, Trainable, run_search, start_ray
 from .space import SearchSpace, load_search_space, space_from_dict
@@ -215,6 +216,13 @@ def experiment_lock(folder: Path) -> Iterator[None]:
             f.truncate()
 
 
+def _optuna_info(opts: SearchOptions) -> dict[str, Any]:
+    """Where the experiment's Optuna studies are, and the command that shows them."""
+    return {"storage": str(study_journal(opts.experiment_dir)),
+            "studies": [study_name(opts.name, mode) for mode in opts.modes],
+            "dashboard_command": dashboard_command(opts.experiment_dir)}
+
+
 def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> dict[str, Any]:
     """Validate, start or join Ray, run the search, and return its summary (also written to summary.json).
 
@@ -228,8 +236,12 @@ def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> di
         print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
         print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
               f"{opts.epochs} epochs, {opts.concurrency} at once)", flush=True)
+        optuna_info = _optuna_info(opts)
+        print(f"Optuna dashboard: {optuna_info['dashboard_command']}  (studies {', '.join(optuna_info['studies'])}; "
+              "needs pip install optuna-dashboard)", flush=True)
         try:
-            summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info}
+            summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info,
+                       "optuna": optuna_info}
         except SearchInterrupted as err:
             raise SearchInterrupted(f"{err}; continue with: python -m pipeline.search --name {opts.name} "
                                     f"--storage {opts.storage}") from None
@@ -256,6 +268,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  checkpoint: {best['checkpoint']}",
         ]
     lines += [f"results (Parquet): {summary['results']}",
+              f"Optuna studies {', '.join(summary['optuna']['studies'])}: {summary['optuna']['dashboard_command']}",
               f"next: python -m pipeline.analyze {summary['experiment_dir']}  |  "
               f"python -m pipeline.promote {summary['experiment_dir']}"]
     return "\n".join(lines)

@@ -7,6 +7,8 @@ Experiment folder (``<storage>/<name>/``):
     config.yaml        the resolved Hydra config (backbone, dataset, search space, training)
     search.json        the search options (trials, concurrency, resources, modes)
     results/           the Parquet tables (pipeline/results.py)
+    optuna/journal.log the Optuna studies, one per mode (``<name>-<mode>``): optuna.load_study and
+                       optuna-dashboard read them (pipeline/studies.py)
     tune-bild/         Ray Tune's experiment for the bild trials (trial folders, checkpoints)
     tune-plain/        ... and for plain trials with ``--mode both``
 """
@@ -18,22 +20,26 @@ import json
 import logging
 import os
 import signal
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
+from optuna.trial import TrialState
 
 from ..config import ConfigError
 from ..data import PairStore
 from ..files import DiskFullError, atomic_write_text
 from ..results import FINISHED, HYPERPARAM_KEYS, read_rows, results_dir
+from ..studies import study_name, study_storage
 from .callback import ParquetResultsCallback
 from .space import SearchSpace, make_sampler
 from .state import StateBackupCallback, restore_state_backup
@@ -142,6 +148,50 @@ def _trial_dirname(trial: Any) -> str:
     return trial_dirname(trial.trial_id)
 
 
+class _StudySearch(OptunaSearch):
+    """OptunaSearch that labels each Optuna trial with its Ray trial id (user attribute ``trial_id``),
+    so a trial in optuna-dashboard is found in the Parquet tables and among the trial folders."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)  # the Optuna trial suggest just asked for
+        return params
+
+
+def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearch:
+    storage, name = study_storage(opts.experiment_dir), study_name(opts.name, mode)
+    # Created here first so the study says what it optimises; OptunaSearch then loads it (load_if_exists).
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; it only labels the value in the dashboard
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([space.metric])
+    for key, value in {"experiment": opts.name, "mode": mode, "metric": space.metric}.items():
+        study.set_user_attr(key, value)
+    return _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
+        space=space.for_mode(mode),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=make_sampler(space, opts.trials, opts.seed),
+        study_name=name,
+        storage=storage,
+    )
+
+
+def _fail_lost_study_trials(mode: str, grid: tune.ResultGrid, opts: SearchOptions) -> None:
+    """Mark FAIL the study's trials still RUNNING that Ray no longer knows.
+
+    A driver killed (kill -9) between two of Ray's experiment snapshots loses the trials it
+    started in between, and the resumed search runs their configurations again under new ids;
+    the results callback moves their Parquet rows to ``orphaned/``, and here the study closes
+    them, so nothing stays RUNNING forever. Trials that Ctrl-C left unfinished are in ``grid``.
+    """
+    known = {Path(r.path).name for r in grid}
+    study = optuna.load_study(study_name=study_name(opts.name, mode), storage=study_storage(opts.experiment_dir))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial_dirname(trial.user_attrs.get("trial_id", "")) not in known:
+            study.tell(trial.number, state=TrialState.FAIL)
+
+
 def _trial_rows(opts: SearchOptions, mode: str) -> list[dict[str, Any]]:
     """This experiment's own record of the mode's trials (the Parquet trials table)."""
     return [r for r in read_rows(results_dir(opts.experiment_dir) / "trials") if r["mode"] == mode]
@@ -164,12 +214,6 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
     restore_state_backup(path)
     if tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    searcher = OptunaSearch(  # given its own space, it ignores TuneConfig's metric: name it here too
-        space=space.for_mode(mode),
-        metric=space.metric,
-        mode=space.mode,
-        sampler=make_sampler(space, opts.trials, opts.seed),
-    )
     identity = {
         "experiment": opts.name,
         "backbone": cfg.backbone.name,
@@ -182,7 +226,7 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.Object
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts.concurrency),
+            search_alg=ConcurrencyLimiter(_searcher(mode, space, opts), max_concurrent=opts.concurrency),
             scheduler=ASHAScheduler(max_t=opts.epochs, grace_period=opts.grace_period, reduction_factor=2,
                                     time_attr="training_iteration"),
             num_samples=opts.trials,
@@ -232,10 +276,10 @@ def _disk_full(err: BaseException | None) -> bool:
     return False
 
 
-def _fit(tuner: tune.Tuner, opts: SearchOptions) -> None:
+def _fit(tuner: tune.Tuner, opts: SearchOptions) -> tune.ResultGrid:
     """``tuner.fit()``, with a full disk (wrapped by Ray Tune in its own errors) said in one line."""
     try:
-        tuner.fit()
+        return tuner.fit()
     except Exception as err:
         if _disk_full(err):
             raise DiskFullError(errno.ENOSPC, f"no space left on the device holding {opts.experiment_dir}; free "
@@ -273,7 +317,8 @@ def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: Sear
         controller_log.addFilter(_OneLineTrialFailures())
     try:
         for mode in opts.modes:  # --mode both stops as a whole: an interrupted half ends the search
-            _fit(_tuner(mode, cfg, space, store_ref, opts, trainable), opts)
+            grid = _fit(_tuner(mode, cfg, space, store_ref, opts, trainable), opts)
+            _fail_lost_study_trials(mode, grid, opts)
             _check_disk(mode, opts)
             if _interrupted(mode, opts):
                 raise SearchInterrupted(f"the {mode} trials did not all finish")

@@ -1,0 +1,45 @@
+"""Model files: convert an older pickled model into model.safetensors + card.json.
+
+    python -m pipeline.models convert models/ffanet/v2/model.pt
+    python -m pipeline.models convert downloaded/model.pt --out models/ffanet/v9 --trust
+
+--trust unpickles the file with weights_only=False, which RUNS any code it holds: give it
+only for files from a source you trust (``pipeline.models.convert``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import run_command
+from . import convert as conversion
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.models", description=__doc__.split("\n\n")[0])
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c = commands.add_parser("convert", help="an older model.pt or a checkpoint.pt -> model.safetensors + card.json",
+                            description=conversion.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("file", metavar="FILE", help="older model.pt (bild-model/1) or training checkpoint.pt")
+    c.add_argument("--out", metavar="DIR", help="folder for model.safetensors and card.json (default: beside FILE)")
+    c.add_argument("--trust", action="store_true",
+                   help="unpickle with weights_only=False: RUNS code from the file; only for files you trust")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def body() -> int:
+        card = conversion.convert(args.file, args.out, trust=args.trust)
+        print(f"converted {args.file} -> {card['path']}/model.safetensors + card.json "
+              f"({card['backbone']} {card['preset']}); the old file is left in place")
+        return 0
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
