@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config", "group_dir", "group_options",
+__all__ = ["ADDED_KEYS", "CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config", "group_dir", "group_options",
            "saved_config"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -60,6 +60,8 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 # Keys renamed since runs were first saved: old dotted key -> today's.
 RENAMED_KEYS = {"bild.entropy_coef": "bild.alpha"}
+# Training options added since runs were first saved -> the value that trains as those runs did.
+ADDED_KEYS = {"bild.mix": 1.0, "bild.ess_floor": 0.0, "train.val_rotation": False, "train.bild_warmup_steps": 0}
 
 
 def saved_config(saved: Any) -> DictConfig:
@@ -81,4 +83,8 @@ def saved_config(saved: Any) -> DictConfig:
     for key, value in OmegaConf.load(CONF_DIR / "policy" / "paper.yaml").items():
         if key not in cfg.bild:
             cfg.bild[key] = value
+    for key, value in ADDED_KEYS.items():
+        block, _, leaf = key.partition(".")
+        if block in cfg and leaf not in cfg[block]:
+            cfg[block][leaf] = value
     return cfg

@@ -10,6 +10,7 @@ Symbols -> names:
   Omega(w)         ``cfg.regulariser``         -H(w / sum w) (the paper's), or KL(uniform || w / sum w):
                                                minimising either spreads the weights
   alpha            ``cfg.alpha``
+  lambda           ``cfg.mix``                 the policy's share in w = (1 - lambda) + lambda * w^pi
   R_i              ``rewards``                 w_i * (d_i - alpha * dOmega/dw_i)      (eq. 6)
   eta_1, eta_2     inner / outer learning rates (live in the two optimisers)
 
@@ -17,6 +18,27 @@ Why the rewards are per crop: with softmax weights sum_i grad_phi w_i = 0, so a 
 batch-wide reward (as in the public reference code) gives a policy gradient of exactly
 zero. Here -(1/n) sum_i R_i grad log w_i = -(1/n) sum_i (d_i - alpha Omega'_i) grad w_i,
 the gradient of the first-order change in validation loss plus the entropy bonus.
+
+The guard rail (``cfg.mix``, lambda): the inner step trains on the policy's weights mixed with
+uniform ones, w = (1 - lambda) + lambda * w^pi, w^pi = n * softmax(s / tau). The mean weight
+stays 1, every weight stays >= 1 - lambda, and lambda = 0 is plain training (w = 1) with the
+reweighter's cost. Eq. 5-7 then read with w the mixed weights, as the inner step uses them:
+  eq. 5   theta_t = step on (1/n) sum_i w_i l_i(theta_{t-1})
+  eq. 6   R_i = w_i (d_i - alpha dOmega/dw_i), Omega of the mixed weights (the spread that trains)
+  eq. 7   loss_phi = -(1/n) sum_i R_i log w_i, with log w_i = log((1 - lambda) + lambda w^pi_i)
+The REINFORCE term takes the log of the MIXED weight, and that is the exact gradient through
+the mixture: grad_phi log w_i = lambda grad_phi w^pi_i / w_i, so
+  grad_phi loss_phi = -(1/n) sum_i (d_i - alpha dOmega/dw_i) * lambda * grad_phi w^pi_i,
+the gradient of -[(1/n) sum_i w_i d_i - (alpha/n) Omega(w)]. For one SGD inner step of rate
+eta_1, d L_v(theta_t) / d w_i = -(eta_1/n) d_i: the first term is 1/eta_1 times the first-order
+change in validation loss the policy causes (tests/test_bild_math.py checks both against
+autograd through a differentiable inner step). Using log w^pi instead would overstate every
+crop's share by w_i / (lambda w^pi_i) and push the policy harder than the mixture lets it act.
+
+The ESS floor (``cfg.ess_floor``, a fraction f of n) lowers lambda for one step just enough that
+the effective sample size (sum w)^2 / sum w^2 stays >= f n. Since sum w_i^2 = n + lambda^2 V
+with V = sum_i (w^pi_i)^2 - n, the step's lambda is min(lambda, sqrt(n (1/f - 1) / V)), in
+closed form; it is held constant within the step, so the gradient above holds at that lambda.
 
 Modes: ``plain`` trains the backbone with w = 1 (the baseline); ``bild`` and
 ``bild-train`` run all six stages and differ only in where the caller draws the
@@ -51,7 +73,9 @@ __all__ = [
     "entropy_grad",
     "crop_rewards",
     "policy_loss",
+    "mix_log_weights",
     "regulariser_pull",
+    "step_mix",
 ]
 
 MODES = ("plain", "bild", "bild-train")
@@ -97,6 +121,8 @@ class BildConfig:
     estimator: str  # "fd" | "jvp" | "loop"
     reward_norm: str  # "batch": standardise d within the batch before eq. 6 | "none"
     regulariser: str  # Omega: "uniform_kl" (KL(u || p), a log barrier) | "entropy" (-H, the paper's)
+    mix: float  # lambda: the policy's share in w = (1 - lambda) + lambda * w^pi; 0 = plain weights, 1 = the paper's
+    ess_floor: float  # f: lambda is lowered within a step to keep ESS >= f * n; 0 = no floor
     amp: bool = False  # bf16 autocast for the backbone's forward passes
     sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
 
@@ -113,6 +139,9 @@ class BildConfig:
         if not (math.isfinite(self.alpha) and self.alpha >= 0) or not (math.isfinite(self.temperature)
                                                                         and self.temperature > 0):
             raise ValueError(f"BILD needs bild.alpha >= 0 and bild.temperature > 0, got {self.alpha}, {self.temperature}")
+        for name, value in (("mix", self.mix), ("ess_floor", self.ess_floor)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"BILD needs 0 <= bild.{name} <= 1, got {value}")
 
 
 @dataclass
@@ -175,6 +204,31 @@ def crop_rewards(
     return log_weights.exp() * align - alpha * regulariser_pull(log_weights, regulariser)
 
 
+def step_mix(log_policy: torch.Tensor, mix: float, ess_floor: float) -> float:
+    """The step's lambda: ``mix``, lowered just enough that the mixed weights keep ESS >= ess_floor * n.
+
+    sum_i w_i^2 = n + lambda^2 V with V = sum_i (w^pi_i)^2 - n, so ESS >= f n <=> lambda^2 V <= n (1/f - 1).
+    """
+    if ess_floor == 0 or mix == 0:
+        return mix
+    n = log_policy.numel()
+    excess = float(torch.exp(2 * log_policy).sum()) - n  # V >= 0; 0 when the policy is uniform
+    if excess <= 0:
+        return mix
+    return min(mix, math.sqrt(n * (1 / ess_floor - 1) / excess))
+
+
+def mix_log_weights(log_policy: torch.Tensor, mix: float) -> torch.Tensor:
+    """log w for w = (1 - mix) + mix * w^pi, from log w^pi (n,) -> (n,), differentiable in log w^pi.
+
+    ``mix`` = 1 returns log w^pi itself: the paper's step bit for bit, and log space keeps log w
+    finite where a policy weight underflows. Below 1 every w_i >= 1 - mix > 0, so the log is finite.
+    """
+    if mix == 1:
+        return log_policy
+    return torch.log((1 - mix) + mix * log_policy.exp())
+
+
 def policy_loss(rewards: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
     """Eq. 7, REINFORCE form: -(1/n) sum_i R_i.detach() * log w_i."""
     return -(rewards.detach() * log_weights).mean()
@@ -223,10 +277,12 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     clock = _StageClock(device, cfg.sync_timing)
     reweight = cfg.mode != "plain"
 
-    # 1. Weights: w = n * softmax(s / tau) from the policy; w = 1 in plain mode.
+    # 1. Weights: w = (1 - lambda) + lambda * n * softmax(s / tau) from the policy; w = 1 in plain mode.
     if reweight:
         scores = nets.reweighter(batch.hazy, batch.clear)  # (n,)
-        log_w = crop_log_weights(scores, temperature=cfg.temperature, kind=cfg.weighting)  # (n,)
+        log_policy = crop_log_weights(scores, temperature=cfg.temperature, kind=cfg.weighting)  # log w^pi (n,)
+        # The guard rail: w = (1 - lambda) + lambda w^pi, lambda lowered this step if ESS would fall below the floor.
+        log_w = mix_log_weights(log_policy, step_mix(log_policy.detach(), cfg.mix, cfg.ess_floor))  # (n,)
         weights = log_w.detach().exp()  # (n,)
         old_params = _old_params(backbone)  # theta_{t-1}, needed by stage 4
     else:
