@@ -80,14 +80,24 @@ def _modes(trials: pl.DataFrame, finished: pl.DataFrame) -> list[dict[str, Any]]
 
 
 def bootstrap_diff(
-    a: np.ndarray, b: np.ndarray, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+    a: np.ndarray, b: np.ndarray, *, paired: bool = False, confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES, seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(a) - mean(b), each group resampled with replacement."""
+    """Percentile bootstrap interval of mean(a) - mean(b).
+
+    Unpaired: each group resampled with replacement on its own. ``paired``: a[k] and b[k] are
+    two models' scores on the same item k, so the items are resampled and each keeps its own
+    difference a[k] - b[k] (what is shared by the pair, such as an image's difficulty, cancels).
+    """
     rng = np.random.default_rng(seed)
-    means_a = rng.choice(a, size=(resamples, a.size)).mean(axis=1)
-    means_b = rng.choice(b, size=(resamples, b.size)).mean(axis=1)
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError(f"a paired bootstrap needs one score per item from each side, got {a.size} and {b.size}")
+        diffs = rng.choice(a - b, size=(resamples, a.size)).mean(axis=1)
+    else:
+        diffs = rng.choice(a, size=(resamples, a.size)).mean(axis=1) - rng.choice(b, size=(resamples, b.size)).mean(axis=1)
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(means_a - means_b, [tail, 100 - tail])
+    low, high = np.percentile(diffs, [tail, 100 - tail])
     return float(low), float(high)
 
 
