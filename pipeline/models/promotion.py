@@ -12,6 +12,12 @@ rebuilt from the checkpoint's own resolved config, and the result is written as
     models/index.parquet                every promoted model, one row each
 
 A version folder is never overwritten: N is one more than the largest present.
+
+With ``refit``, the trial's configuration is first trained again on the whole train pool
+(bild mode with the validation fold rotating each epoch, so that every pool scene is trained
+on; plain already trains on the whole pool) for as many epochs as the chosen checkpoint had,
+into ``<run_dir>/refit/<trial_id>/checkpoint.pt``; that model is the one promoted and tested.
+The selection set still only checks the trial the search chose: nothing is picked by it twice.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +38,7 @@ import torch
 
 from .. import __version__
 from ..checkpoints import load_checkpoint
-from ..config import REPO_ROOT
+from ..config import REPO_ROOT, saved_config
 from ..data import PairStore, Splits, load_dataset, split_by_scene
 from ..evaluation.inference import resolve_device, score_pairs
 from ..files import atomic_write_text
@@ -39,7 +46,7 @@ from ..results import FINISHED, HYPERPARAMS, check_metric, read_table, searched_
 from .store import CARD_FILE, LATEST_FILE, MODEL_FILE, load_model, save_model
 
 __all__ = ["CARD_FORMAT", "INDEX_SCHEMA", "NoFinishedTrialError", "best_trial", "promote", "promotion_summary",
-           "write_index"]
+           "refit_checkpoint", "write_index"]
 
 CARD_FORMAT = "bild-model-card/1"
 # Re-evaluation may run on another device or thread count than the search did.
@@ -59,6 +66,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("select_ssim", pa.float64()),
         pa.field("test_psnr", pa.float64()),
         pa.field("test_ssim", pa.float64()),
+        pa.field("refit", pa.bool_()),
         pa.field("dataset", pa.string()),
         pa.field("data_fingerprint", pa.string()),
         pa.field("code_version", pa.string()),
@@ -153,6 +161,34 @@ def _selection_check(trial: dict[str, Any], measured: dict[str, float]) -> dict[
     return {"recorded": recorded, "measured": measured, "tolerance": TOLERANCE, "matches": matches}
 
 
+# --- refit ------------------------------------------------------------------------------------------
+
+
+def refit_checkpoint(state: dict[str, Any], store: PairStore, path: Path, device: str = "auto") -> dict[str, Any]:
+    """Train ``state``'s configuration again on the whole train pool, for ``state['epoch']`` epochs, into ``path``.
+
+    Returns what the card records about it. The dataset ``store`` must be the one the trial
+    trained on (``_rebuild_data`` checks that), so the train pool is the trial's.
+    """
+    # The only place promotion trains. The trainer is imported here, not at the top, because
+    # promotion belongs with the inference side (pipeline.models, evaluate, dehaze), which must
+    # not load the training engine: a plain promotion never does, only --refit.
+    from ..trainer import Trainer
+
+    cfg = saved_config(state["config"])
+    cfg.device, cfg.train.epochs = device, state["epoch"]
+    if cfg.mode == "bild":  # cross-fitting: the validation fold rotates, so every pool scene is trained on
+        cfg.train.val_rotation = True
+    trainer = Trainer(cfg, store)
+    start = time.perf_counter()
+    while trainer.epoch < cfg.train.epochs:
+        trainer.train_epoch()
+    trainer.save(path)
+    return {"checkpoint": str(path), "epochs": trainer.epoch, "steps": trainer.step, "mode": cfg.mode,
+            "val_rotation": bool(cfg.train.val_rotation) and cfg.mode == "bild",
+            "train_pool_pairs": len(trainer.splits.train_pool), "seconds": time.perf_counter() - start}
+
+
 # --- writing ----------------------------------------------------------------------------------------
 
 
@@ -176,7 +212,8 @@ def _index_row(card: dict[str, Any], folder: Path) -> dict[str, Any]:
         "experiment": source["experiment"], "trial_id": source["trial_id"], "mode": card["config"]["mode"],
         **{name: card["hyperparameters"].get(name) for name in HYPERPARAMS},
         "selection_metric": card["selection"]["metric"], "select_psnr": sel["psnr"], "select_ssim": sel["ssim"],
-        "test_psnr": test["psnr"], "test_ssim": test["ssim"], "dataset": card["data"]["name"],
+        "test_psnr": test["psnr"], "test_ssim": test["ssim"], "refit": card.get("refit") is not None,
+        "dataset": card["data"]["name"],
         "data_fingerprint": card["data"]["fingerprint"], "code_version": card["code"]["version"],
         "git_commit": card["code"]["git_commit"], "promoted_at": card["promoted_at"],
     }
@@ -192,7 +229,8 @@ def write_index(models_dir: str | os.PathLike) -> Path:
 
 
 def _card(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check: dict[str, Any],
-          test: dict[str, float], metric: str, version: str, run_dir: Path) -> dict[str, Any]:
+          test: dict[str, float], metric: str, version: str, run_dir: Path,
+          refit: dict[str, Any] | None) -> dict[str, Any]:
     cfg = state["config"]
     return {
         "format": CARD_FORMAT,
@@ -204,8 +242,9 @@ def _card(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check:
         "hyperparameters": trial["hyperparameters"],
         "selection": {"metric": metric, **check},
         "test": test,
+        "refit": refit,
         "source": {"run_dir": str(run_dir), "experiment": trial["experiment"], "trial_id": trial["trial_id"],
-                   "status": trial["status"], "checkpoint": trial["checkpoint"], "epoch": state["epoch"]},
+                   "status": trial["status"], "checkpoint": trial["checkpoint"], "epoch": trial["epoch"]},
         "data": {"name": cfg["dataset"]["name"], "layout": cfg["dataset"]["layout"], "root": cfg["dataset"]["root"],
                  "pairs": len(store), "fingerprint": store.fingerprint()},
         "code": {"version": __version__, "git_commit": _git_commit()},
@@ -235,21 +274,31 @@ def promote(
     *,
     metric: str = "select_psnr",
     device: str = "auto",
+    refit: bool = False,
 ) -> dict[str, Any]:
-    """Promote the best finished trial of ``run_dir`` into ``models_dir``; returns its card (plus ``path``)."""
+    """Promote the best finished trial of ``run_dir`` into ``models_dir``; returns its card (plus ``path``).
+
+    ``refit`` promotes the trial's configuration trained again on the whole train pool instead
+    of the trial's own checkpoint (see the module's docstring).
+    """
     run_dir = Path(run_dir)
     trial = best_trial(run_dir, metric)
     state = load_checkpoint(trial["checkpoint"])
+    trial["epoch"] = state["epoch"]
     # Built exactly as a user will load it, so the numbers on the card are the promoted model's.
     model, _ = load_model(trial["checkpoint"])
     store, splits = _rebuild_data(state)
     dev = resolve_device(device)
-    model = model.to(dev)
     eval_side = state["config"]["dataset"]["eval_max_side"]
-    check = _selection_check(trial, _scores(model, store, splits.select, dev, eval_side))
-    test = _scores(model, store, splits.test, dev, eval_side)
+    check = _selection_check(trial, _scores(model.to(dev), store, splits.select, dev, eval_side))
+    refitted = None
+    if refit:
+        path = run_dir / "refit" / trial["trial_id"] / "checkpoint.pt"
+        refitted = refit_checkpoint(state, store, path, device)
+        state, (model, _) = load_checkpoint(path), load_model(path)
+    test = _scores(model.to(dev), store, splits.test, dev, eval_side)
     folder = _reserve_version(Path(models_dir) / state["backbone"]["name"])
-    card = _card(trial, state, store, check, test, metric, folder.name, run_dir)
+    card = _card(trial, state, store, check, test, metric, folder.name, run_dir, refitted)
     _write_version(folder, state, card)
     return {**card, "path": str(folder)}
 
@@ -264,5 +313,9 @@ def promotion_summary(card: dict[str, Any]) -> str:
         f"best by {sel['metric']}) -> {card['path']}",
         f"  selection ({meas['images']} images): PSNR {meas['psnr']:.3f} dB (search: {rec['psnr']:.3f}), "
         f"SSIM {meas['ssim']:.4f} (search: {rec['ssim']:.4f}); {verdict}",
-        f"  test      ({test['images']} images): PSNR {test['psnr']:.3f} dB, SSIM {test['ssim']:.4f}",
+        *([f"  refit: {card['refit']['mode']} on the whole train pool ({card['refit']['train_pool_pairs']} pairs"
+           f"{', validation fold rotating' if card['refit']['val_rotation'] else ''}) for {card['refit']['epochs']} "
+           f"epochs -> {card['refit']['checkpoint']}"] if card.get("refit") else []),
+        f"  test      ({test['images']} images): PSNR {test['psnr']:.3f} dB, SSIM {test['ssim']:.4f}"
+        + (" (the refit model)" if card.get("refit") else ""),
     ])
