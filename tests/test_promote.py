@@ -12,7 +12,7 @@ import torch
 
 from pipeline.models import MODEL_FORMAT, load_model
 from pipeline.checkpoints import load_checkpoint
-from pipeline.models.promotion import NoFinishedTrialError, _rebuild_data, best_trial, promote, refit_checkpoint
+from pipeline.models.promotion import NoFinishedTrialError, rebuild_data, best_trial, promote, refit_checkpoint
 from pipeline.promote import main
 from pipeline.results import read_table, write_trial_row
 
@@ -115,7 +115,7 @@ def test_skips_a_trial_whose_checkpoint_is_gone(search_run: Path, tmp_path: Path
 def test_refit_trains_a_bild_trial_on_every_pool_scene(search_run: Path, tmp_path: Path) -> None:
     trials = read_table([search_run], "trials").filter(pl.col("trial_id") == "t2-bild")
     state = load_checkpoint(search_run / trials["best_checkpoint_path"][0])
-    store, splits = _rebuild_data(state)
+    store, splits = rebuild_data(state)
     record = refit_checkpoint(state, store, tmp_path / "refit" / "checkpoint.pt", "cpu")
     refit = load_checkpoint(record["checkpoint"])
     assert record["epochs"] == refit["epoch"] == state["epoch"] and record["mode"] == "bild" and record["val_rotation"]

@@ -46,7 +46,7 @@ from ..results import FINISHED, HYPERPARAMS, check_metric, read_table, searched_
 from .store import CARD_FILE, LATEST_FILE, MODEL_FILE, load_model, save_model
 
 __all__ = ["CARD_FORMAT", "INDEX_SCHEMA", "NoFinishedTrialError", "best_trial", "promote", "promotion_summary",
-           "refit_checkpoint", "write_index"]
+           "rebuild_data", "refit_checkpoint", "write_index"]
 
 CARD_FORMAT = "bild-model-card/1"
 # Re-evaluation may run on another device or thread count than the search did.
@@ -93,8 +93,9 @@ def _checkpoint_file(value: str | None, run_dir: Path) -> str | None:
     return None
 
 
-def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr") -> dict[str, Any]:
-    """The trials-table row with the highest ``best_<metric>`` among finished trials with a checkpoint."""
+def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr", mode: str | None = None) -> dict[str, Any]:
+    """The trials-table row with the highest ``best_<metric>`` among finished trials with a checkpoint
+    (of one training ``mode`` when given)."""
     check_metric(metric)
     run_dir = Path(run_dir)
     trials = read_table([run_dir], "trials")
@@ -102,12 +103,12 @@ def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr") -> dict[
         {**row, "checkpoint": _checkpoint_file(row["best_checkpoint_path"], run_dir)}
         for row in trials.filter(pl.col("status").is_in(FINISHED)).to_dicts()
     ]
-    rows = [r for r in rows if r["checkpoint"] and r[f"best_{metric}"] is not None]
+    rows = [r for r in rows if r["checkpoint"] and r[f"best_{metric}"] is not None and mode in (None, r["mode"])]
     if not rows:
         statuses = ", ".join(f"{s} x{n}" for s, n in trials["status"].value_counts().iter_rows())
         raise NoFinishedTrialError(
-            f"nothing to promote in {run_dir}: no trial finished (TERMINATED or STOPPED) with a checkpoint on disk "
-            f"and a {metric}; trial statuses: {statuses}"
+            f"nothing to promote in {run_dir}: no{'' if mode is None else ' ' + mode} trial finished (TERMINATED or "
+            f"STOPPED) with a checkpoint on disk and a {metric}; trial statuses: {statuses}"
         )
     # max keeps the first of equals: ties go to the smaller trial id, whatever the file order.
     best = max(sorted(rows, key=lambda r: r["trial_id"]), key=lambda r: r[f"best_{metric}"])
@@ -125,7 +126,7 @@ def _dataset_root(root: str | None) -> str | None:
     return str(REPO_ROOT / root) if (REPO_ROOT / root).exists() else root
 
 
-def _rebuild_data(state: dict[str, Any]) -> tuple[PairStore, Splits]:
+def rebuild_data(state: dict[str, Any]) -> tuple[PairStore, Splits]:
     """The dataset and its three fixed sets, from the checkpoint's config; refuses data that changed since."""
     ds = state["config"]["dataset"]
     store = load_dataset(ds["layout"], _dataset_root(ds["root"]), skip_bad=ds["skip_bad"], max_side=ds["max_side"])
@@ -168,7 +169,7 @@ def refit_checkpoint(state: dict[str, Any], store: PairStore, path: Path, device
     """Train ``state``'s configuration again on the whole train pool, for ``state['epoch']`` epochs, into ``path``.
 
     Returns what the card records about it. The dataset ``store`` must be the one the trial
-    trained on (``_rebuild_data`` checks that), so the train pool is the trial's.
+    trained on (``rebuild_data`` checks that), so the train pool is the trial's.
     """
     # The only place promotion trains. The trainer is imported here, not at the top, because
     # promotion belongs with the inference side (pipeline.models, evaluate, dehaze), which must
@@ -287,7 +288,7 @@ def promote(
     trial["epoch"] = state["epoch"]
     # Built exactly as a user will load it, so the numbers on the card are the promoted model's.
     model, _ = load_model(trial["checkpoint"])
-    store, splits = _rebuild_data(state)
+    store, splits = rebuild_data(state)
     dev = resolve_device(device)
     eval_side = state["config"]["dataset"]["eval_max_side"]
     check = _selection_check(trial, _scores(model.to(dev), store, splits.select, dev, eval_side))
