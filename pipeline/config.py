@@ -71,7 +71,9 @@ def saved_config(saved: Any) -> DictConfig:
     before the reweighting-policy keys existed (``bild.regulariser``, ``score_bound``,
     ``reweighter_norm``, ``pair_consistency``) trained the paper's policy, the only one there
     was: the keys they lack come from ``policy/paper.yaml``, not from today's default, so they
-    rebuild the networks their weights belong to.
+    rebuild the networks their weights belong to. Training options added since (``ADDED_KEYS``:
+    the guard rail, the ESS floor, the rotating validation fold, the warm-up) take the value
+    that trains as those runs did.
     """
     cfg = OmegaConf.create(saved)
     for old, new in RENAMED_KEYS.items():
