@@ -112,17 +112,22 @@ class Trainer:
         self.train_crops = CropSampler(self.store, self.train_idx, ds.crop, flips=ds.flips)
         self.val_crops = CropSampler(self.store, self.val_idx, ds.crop) if self.val_idx else None
 
+    def _fold_split(self, epoch: int) -> tuple[list[int], list[int]]:
+        """(train, val) of an epoch when rotating: fold (epoch mod k) held out, the others trained on.
+
+        A function of the epoch alone, so a resumed run holds out the fold the straight run would.
+        """
+        held_out = epoch % len(self.folds)
+        return sorted(i for j, fold in enumerate(self.folds) if j != held_out for i in fold), self.folds[held_out]
+
     def _rotate(self) -> None:
-        """Hold out fold (epoch mod k), train on the others; a function of the epoch alone, so resume is exact."""
-        held_out = self.epoch % len(self.folds)
-        self.val_idx = self.folds[held_out]
-        self.train_idx = sorted(i for j, fold in enumerate(self.folds) if j != held_out for i in fold)
+        self.train_idx, self.val_idx = self._fold_split(self.epoch)
         self._samplers()
 
     def _train_val(self, val_fraction: float) -> tuple[list[int], list[int]]:
         pool = self.splits.train_pool
         if self.folds is not None:
-            return [i for fold in self.folds[1:] for i in fold], self.folds[0]
+            return self._fold_split(0)
         if self.cfg.mode == "bild":
             return split_train_val(self.store, pool, val_fraction, self.cfg.seed)
         if self.cfg.mode == "bild-train":  # the ablation: the outer loop reads training crops
