@@ -37,6 +37,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -121,12 +122,14 @@ def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
             for i, p, q in zip(test, scores["psnr"], scores["ssim"])]
 
 
-def run_all(jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+def run_all(jobs: list[dict[str, Any]], workers: int) -> Iterator[list[dict[str, Any]]]:
+    """Each job's rows, in the jobs' order, as soon as that job and those before it are done."""
     if workers <= 1:
-        return [row for job in jobs for row in run_one(job)]
+        yield from map(run_one, jobs)
+        return
     # spawn: a forked worker would inherit torch's thread pool state from the parent.
     with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return [row for rows in pool.map(run_one, jobs) for row in rows]
+        yield from pool.map(run_one, jobs)
 
 
 # --- the paired comparison ----------------------------------------------------------------------------
@@ -140,11 +143,15 @@ def paired_summary(images: pl.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
     """
     runs = images.group_by("lever", "seed").agg(pl.col("train_s", "steps", "ess", "max_weight").first())
     base = images.filter(pl.col("lever") == BASELINE).select("seed", "pair", psnr_0="psnr", ssim_0="ssim")
+    if base.is_empty():  # plain runs last under --plain-budget time
+        return []
     base_time = runs.filter(pl.col("lever") == BASELINE)["train_s"].mean()
     rows = []
     levers = images["lever"].unique(maintain_order=True).to_list()
     for lever in [BASELINE, *(lv for lv in levers if lv != BASELINE)]:
         mine = images.filter(pl.col("lever") == lever).join(base, on=["seed", "pair"])
+        if mine.is_empty():  # no plain run of the same seed (yet): nothing to pair with
+            continue
         per_image = mine.group_by("pair").agg(pl.col("psnr", "psnr_0", "ssim", "ssim_0").mean()).sort("pair")
         r = runs.filter(pl.col("lever") == lever)
         row: dict[str, Any] = {
@@ -245,22 +252,37 @@ def main(argv: list[str] | None = None) -> int:
     levers = [lv for lv in a.levers.split(",") if lv and lv != BASELINE]
     for lv in levers:
         lever_overrides(lv, a.steps)  # unknown names fail here, before any training
+    if a.plain_budget == "time" and "bild" not in levers:
+        raise SystemExit("error: --plain-budget time needs the 'bild' lever (plain gets its wall time)")
     common, seeds = _common(a), [int(s) for s in a.seeds.split(",")]
     job = lambda lever, seed, seconds=None: dict(  # noqa: E731
         lever=lever, seed=seed, common=common, steps=a.steps, wrong_fraction=a.wrong_targets, threads=1, seconds=seconds)
-    rows = run_all([job(lv, s) for s in seeds for lv in levers], a.workers)
+    meta = _meta(a, common, argv)
+    rows: list[dict[str, Any]] = []
+    # Seed by seed, plain first, and the files rewritten after every run: an interrupted
+    # benchmark keeps every seed it finished.
+    first = [] if a.plain_budget == "time" else [BASELINE]
+    for done in run_all([job(lv, s) for s in seeds for lv in [*first, *levers]], a.workers):
+        rows += done
+        _write(rows, Path(a.out), meta)
     if a.plain_budget == "time":
         bild_s = {r["seed"]: r["train_s"] for r in rows if r["lever"] == "bild"}
-        if not bild_s:
-            raise SystemExit("error: --plain-budget time needs the 'bild' lever (plain gets its wall time)")
-        rows += run_all([job(BASELINE, s, bild_s[s]) for s in seeds], a.workers)
-    else:
-        rows += run_all([job(BASELINE, s) for s in seeds], a.workers)
+        for done in run_all([job(BASELINE, s, bild_s[s]) for s in seeds], a.workers):
+            rows += done
+            _write(rows, Path(a.out), meta)
+    print(Path(a.out).with_suffix(".md").read_text(), end="")
+    return 0
+
+
+def _write(rows: list[dict[str, Any]], out: Path, meta: dict[str, str]) -> None:
     images = pl.DataFrame(rows)
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out.with_suffix(".parquet"), images.write_parquet)
-    meta = {
+    atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(images), meta))
+
+
+def _meta(a: argparse.Namespace, common: list[str], argv: list[str] | None) -> dict[str, str]:
+    return {
         "title": f"BILD vs plain: {a.backbone} {a.preset}, {a.steps} steps ({a.plain_budget} budget for plain), "
                  f"crop {a.crop}, seeds {a.seeds}",
         "data": f"{common[0].split('=')[1]}; {_split_note(common)}",
@@ -271,10 +293,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {a.workers} worker(s) x 1 thread",
         "command": "python benchmarks/bild_vs_plain.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    text = markdown(paired_summary(images), meta)
-    atomic_write_text(out.with_suffix(".md"), text)
-    print(text, end="")
-    return 0
 
 
 if __name__ == "__main__":
