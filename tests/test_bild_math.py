@@ -319,9 +319,9 @@ def test_bf16_autocast_in_channels_last_keeps_the_alignments(name: str) -> None:
 def _hypergradient_problem(mix: float, alpha: float, regulariser: str, eta: float = 0.05):
     """The policy gradient bild_step's stages compute, and an autograd reference for it (float64).
 
-    Reference: F(phi) = L_v(theta_t(w(phi))) / eta + (alpha / n) Omega(w(phi)), with theta_t one
-    differentiable SGD step of rate eta on (1/n) sum_i w_i l_i(theta_{t-1}). Since
-    dL_v(theta_t)/dw_i = -(eta / n) d_i, eq. 7's gradient must equal grad_phi F exactly.
+    Reference: F(phi) = L_v(theta_t(w(phi))) / eta + (alpha / n) Omega(w^pi(phi)), with theta_t one
+    differentiable SGD step of rate eta on (1/n) sum_i w_i l_i(theta_{t-1}), w the mixed weights.
+    Since dL_v(theta_t)/dw_i = -(eta / n) d_i, eq. 7's gradient must equal grad_phi F exactly.
     """
     torch.manual_seed(0)
     model = create_backbone("aodnet", "tiny").double()
@@ -330,23 +330,24 @@ def _hypergradient_problem(mix: float, alpha: float, regulariser: str, eta: floa
     phi = list(reweighter.parameters())
     crops = lambda k: torch.rand(k, 3, 16, 16, dtype=torch.float64)  # noqa: E731
     hazy, clear, val_hazy, val_clear = crops(6), crops(6), crops(3), crops(3)
-    log_w = mix_log_weights(crop_log_weights(reweighter(hazy, clear)), mix)
+    log_policy = crop_log_weights(reweighter(hazy, clear))
+    weights = (1 - mix) + mix * log_policy.exp()  # the mixture, differentiable in phi
     old = {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
 
     # The reference: autograd through the inner step into the validation loss.
-    inner = (log_w.exp() * per_crop_l1(torch.func.functional_call(model, old, (hazy,)), clear)).mean()
+    inner = (weights * per_crop_l1(torch.func.functional_call(model, old, (hazy,)), clear)).mean()
     grads = torch.autograd.grad(inner, list(old.values()), create_graph=True)  # linear in w
     new = {k: p - eta * g for (k, p), g in zip(old.items(), grads)}
     val_loss = per_crop_l1(torch.func.functional_call(model, new, (val_hazy,)), val_clear).mean()
     omega = _neg_entropy if regulariser == "entropy" else _kl_from_uniform
-    reference = torch.autograd.grad(val_loss / eta + alpha / 6 * omega(log_w.exp()), phi, retain_graph=True)
+    reference = torch.autograd.grad(val_loss / eta + alpha / 6 * omega(log_policy.exp()), phi, retain_graph=True)
 
     # The step's way: exact d_i at theta_{t-1} along g_v at theta_t, eq. 6 rewards, eq. 7 loss.
     grad_val = dict(zip(old, torch.autograd.grad(val_loss, list(new.values()), retain_graph=True)))
     align = alignment_loop(model, old, grad_val, hazy, clear)
-    rewards = crop_rewards(log_w.detach(), align, alpha, "none", regulariser)
-    policy = torch.autograd.grad(policy_loss(rewards, log_w), phi, retain_graph=True)
-    return reference, policy, (rewards, log_w, phi)
+    rewards = crop_rewards(log_policy.detach(), align, alpha, "none", regulariser, mix)
+    policy = torch.autograd.grad(policy_loss(rewards, log_policy), phi, retain_graph=True)
+    return reference, policy, (align, weights, log_policy, phi)
 
 
 @pytest.mark.parametrize("mix", [1.0, 0.3])
@@ -358,11 +359,11 @@ def test_mixed_policy_gradient_is_the_exact_hypergradient(mix: float, alpha: flo
     assert max((a - b).abs().max().item() for a, b in zip(policy, reference)) < 1e-8 * scale
 
 
-def test_reinforce_with_the_policys_own_log_weight_would_be_wrong_under_a_mixture() -> None:
-    # The check can fail: log w^pi in eq. 7 instead of log w overstates each crop's share.
-    reference, _, (rewards, log_w, phi) = _hypergradient_problem(0.3, 0.0, "entropy")
-    log_policy = torch.log((log_w.exp() - 0.7) / 0.3)
-    naive = torch.autograd.grad(policy_loss(rewards, log_policy), phi)
+def test_reinforce_with_the_mixed_weights_reward_would_be_wrong() -> None:
+    # The check can fail: eq. 6's R_i = w_i d_i with the mixed w_i, against log w^pi, weighs each
+    # crop's gradient by w_i / w^pi_i instead of lambda.
+    reference, _, (align, weights, log_policy, phi) = _hypergradient_problem(0.3, 0.0, "entropy")
+    naive = torch.autograd.grad(policy_loss(weights.detach() * align, log_policy), phi)
     scale = max(g.abs().max().item() for g in reference)
     assert max((a - b).abs().max().item() for a, b in zip(naive, reference)) > 1e-3 * scale
 
