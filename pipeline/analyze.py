@@ -3,6 +3,7 @@
     python -m pipeline.analyze runs/aodnet-search                       # tables on the terminal
     python -m pipeline.analyze runs/a runs/b --format markdown --plots reports/
     python -m pipeline.analyze runs/a --format json > report.json
+    python -m pipeline.analyze runs/both --paired     # + best bild vs best plain, image by image (runs both models)
     python -m pipeline.analyze --weights CKPT --hazy IMG --clear IMG --out weights.png
 
 Reads the Parquet results of one or more experiments. Every number comes from the fixed
@@ -28,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
     p.add_argument("--metric", choices=METRICS, default="select_psnr", help="selection metric that ranks trials")
+    p.add_argument("--paired", action="store_true",
+                   help="re-score the best bild and the best plain checkpoint on every selection image and report "
+                        "their paired difference with a bootstrap CI (runs both models)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N, for --paired")
     weights = p.add_argument_group("patch weights (instead of a report)")
     weights.add_argument("--weights", metavar="CKPT", help="a bild or bild-train checkpoint.pt")
     weights.add_argument("--hazy", metavar="IMG")
@@ -65,7 +70,7 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    report = analyze(args.run_dirs, args.metric)
+    report = analyze(args.run_dirs, args.metric, paired=args.paired, device=args.device)
     print(render(report, args.format), end="", flush=True)
     if args.plots:
         from .analysis.plots import write_plots  # matplotlib: only when plots are asked for

@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config", "flatten", "group_dir",
-           "group_options", "saved_config"]
+__all__ = ["ADDED_KEYS", "CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config", "flatten",
+           "group_dir", "group_options", "saved_config"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # Keys renamed since runs were first saved: old dotted key -> today's.
 RENAMED_KEYS = {"bild.entropy_coef": "bild.alpha"}
+# Training options added since runs were first saved -> the value that trains as those runs did.
+ADDED_KEYS = {"bild.mix": 1.0, "bild.ess_floor": 0.0, "train.val_rotation": False, "train.bild_warmup_steps": 0}
 
 
 def saved_config(saved: Any) -> DictConfig:
@@ -80,7 +82,9 @@ def saved_config(saved: Any) -> DictConfig:
     before the reweighting-policy keys existed (``bild.regulariser``, ``score_bound``,
     ``reweighter_norm``, ``pair_consistency``) trained the paper's policy, the only one there
     was: the keys they lack come from ``policy/paper.yaml``, not from today's default, so they
-    rebuild the networks their weights belong to.
+    rebuild the networks their weights belong to. Training options added since (``ADDED_KEYS``:
+    the guard rail, the ESS floor, the rotating validation fold, the warm-up) take the value
+    that trains as those runs did.
     """
     cfg = OmegaConf.create(saved)
     for old, new in RENAMED_KEYS.items():
@@ -92,4 +96,8 @@ def saved_config(saved: Any) -> DictConfig:
     for key, value in OmegaConf.load(CONF_DIR / "policy" / "paper.yaml").items():
         if key not in cfg.bild:
             cfg.bild[key] = value
+    for key, value in ADDED_KEYS.items():
+        block, _, leaf = key.partition(".")
+        if block in cfg and leaf not in cfg[block]:
+            cfg[block][leaf] = value
     return cfg

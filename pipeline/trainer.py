@@ -8,6 +8,7 @@ drives the same class one epoch per report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from .backbones import backbone_kwargs, build_from_kwargs
 from .bild import AlignmentFn, BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, resumed_config, save_checkpoint
 from .config import ConfigError
-from .data import CropSampler, PairStore, load_dataset, split_by_scene, split_train_val
+from .data import CropSampler, PairStore, load_dataset, rotation_folds, split_by_scene, split_train_val
 from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .files import atomic_write_text
 
@@ -93,6 +94,8 @@ def bild_config(cfg: DictConfig) -> BildConfig:
         estimator=b.estimator,
         reward_norm=b.reward_norm,
         regulariser=b.regulariser,
+        mix=b.mix,
+        ess_floor=b.ess_floor,
         amp=cfg.train.amp,
     )
 
@@ -120,6 +123,11 @@ class Trainer:
         self.splits = split_by_scene(
             self.store, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction, seed=ds.split_seed
         )
+        # Cross-fitting (bild mode): the validation fold rotates with the epoch (``_rotate``).
+        self.folds = (rotation_folds(self.store, self.splits.train_pool, tr.val_fraction, cfg.seed)
+                      if tr.val_rotation and cfg.mode == "bild" else None)
+        if self.folds is not None and train_pairs is not None:
+            raise ValueError("train_pairs fixes the training split; it cannot go with train.val_rotation=true")
         self.train_idx, self.val_idx = self._train_val(tr.val_fraction)
         if train_pairs is not None:
             self.train_idx = list(train_pairs)
@@ -134,15 +142,35 @@ class Trainer:
             reweighter = build_reweighter(cfg.bild).to(self.device)
             self.nets.reweighter = reweighter
             self.nets.outer_opt = torch.optim.Adam(reweighter.parameters(), lr=tr.outer_lr, betas=(0.9, 0.999))
-        self.train_crops = CropSampler(self.store, self.train_idx, ds.crop, flips=ds.flips)
-        self.val_crops = CropSampler(self.store, self.val_idx, ds.crop) if self.val_idx else None
+        self._samplers()
+        # Warm-up: the first train.bild_warmup_steps steps are plain steps (w = 1, the reweighter untouched).
+        self.warmup_cfg = dataclasses.replace(self.bild_cfg, mode="plain")
         self.alignment = alignment
         self.rng = np.random.default_rng(cfg.seed)
         self.epoch = 0
         self.step = 0
 
+    def _samplers(self) -> None:
+        ds = self.cfg.dataset
+        self.train_crops = CropSampler(self.store, self.train_idx, ds.crop, flips=ds.flips)
+        self.val_crops = CropSampler(self.store, self.val_idx, ds.crop) if self.val_idx else None
+
+    def _fold_split(self, epoch: int) -> tuple[list[int], list[int]]:
+        """(train, val) of an epoch when rotating: fold (epoch mod k) held out, the others trained on.
+
+        A function of the epoch alone, so a resumed run holds out the fold the straight run would.
+        """
+        held_out = epoch % len(self.folds)
+        return sorted(i for j, fold in enumerate(self.folds) if j != held_out for i in fold), self.folds[held_out]
+
+    def _rotate(self) -> None:
+        self.train_idx, self.val_idx = self._fold_split(self.epoch)
+        self._samplers()
+
     def _train_val(self, val_fraction: float) -> tuple[list[int], list[int]]:
         pool = self.splits.train_pool
+        if self.folds is not None:
+            return self._fold_split(0)
         if self.cfg.mode == "bild":
             return split_train_val(self.store, pool, val_fraction, self.cfg.seed)
         if self.cfg.mode == "bild-train":  # the ablation: the outer loop reads training crops
@@ -171,26 +199,34 @@ class Trainer:
         change them.
         """
         self.backbone.train()
-        steps = self.cfg.train.steps_per_epoch
+        if self.folds is not None:
+            self._rotate()
+        steps, warmup = self.cfg.train.steps_per_epoch, self.cfg.train.bild_warmup_steps
         sums: dict[str, float] = {}
+        counts = dict.fromkeys(STEP_STATS, 0)
         start = time.perf_counter()
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}", leave=False, disable=not progress)
         for _ in bar:
+            step_cfg = self.warmup_cfg if self.step < warmup else self.bild_cfg
             try:
                 batch = self._batch()
-                stats = bild_step(batch, self.nets, self.bild_cfg, alignment=self.alignment)
+                stats = bild_step(batch, self.nets, step_cfg, alignment=self.alignment)
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"epoch {self.epoch + 1}, step {self.step + 1}: {err}") from err
             self.step += 1
             if on_step is not None:
                 on_step(batch, stats)
             for key in STEP_STATS:
-                sums[key] = sums.get(key, 0.0) + getattr(stats, key)
+                value = getattr(stats, key)
+                if not math.isnan(value):  # a warm-up step has no rewards or weights to average in
+                    sums[key] = sums.get(key, 0.0) + value
+                    counts[key] += 1
             for stage, seconds in stats.times.items():
                 sums[f"ms_{stage}"] = sums.get(f"ms_{stage}", 0.0) + 1000 * seconds
             bar.set_postfix(loss=f"{stats.loss:.4f}")
         self.epoch += 1
-        metrics = {key: value / steps for key, value in sums.items()}
+        metrics = {key: sums[key] / counts[key] if counts[key] else math.nan for key in STEP_STATS}
+        metrics.update({key: value / steps for key, value in sums.items() if key.startswith("ms_")})
         metrics["epoch_seconds"] = time.perf_counter() - start
         return metrics
 

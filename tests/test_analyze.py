@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.analysis.patch_weights import patch_weights
@@ -181,3 +182,33 @@ def test_python_dash_m_prints_json(search_run: Path) -> None:
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["leaderboard"]) == 6
+
+
+def test_paired_comparison_of_the_two_best_trials(search_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = _json_report(search_run, capsys, "--paired", "--device", "cpu")
+    paired = report["paired"]
+    finished = read_table([search_run], "trials").filter(pl.col("status") == "TERMINATED")
+    best = {m: finished.filter(pl.col("mode") == m).sort("best_select_psnr", descending=True).row(0, named=True)
+            for m in ("bild", "plain")}
+    assert {m: t["trial_id"] for m, t in paired["trials"].items()} == {m: best[m]["trial_id"] for m in best}
+    psnr = next(r for r in paired["rows"] if r["metric"] == "psnr")
+    # Image by image, the same scores whose means the search recorded.
+    assert psnr["bild"] == pytest.approx(best["bild"]["best_select_psnr"], abs=1e-4)
+    assert psnr["plain"] == pytest.approx(best["plain"]["best_select_psnr"], abs=1e-4)
+    assert psnr["difference"] == pytest.approx(psnr["bild"] - psnr["plain"])
+    assert psnr["ci_low"] <= psnr["difference"] <= psnr["ci_high"] and 0 <= psnr["bild_wins"] <= 1
+    state = torch.load(paired["trials"]["bild"]["checkpoint"], weights_only=False)
+    assert psnr["images"] == len(state["data"]["splits"]["select"])
+    assert "Best bild - best plain" in render(report, "markdown")
+    assert "paired" not in analyze([search_run])  # off by default: no model runs
+
+
+def test_paired_bootstrap_keeps_each_items_difference() -> None:
+    rng = np.random.default_rng(2)
+    hard = rng.normal(0.0, 5.0, 30)  # item difficulty shared by both sides: cancels when paired
+    low, high = bootstrap_diff(hard + 0.3, hard, paired=True)
+    assert low == pytest.approx(0.3) and high == pytest.approx(0.3)
+    low, high = bootstrap_diff(hard + 0.3, hard)
+    assert high - low > 3  # unpaired, the difficulty swamps the shift
+    with pytest.raises(ValueError, match="paired"):
+        bootstrap_diff(hard, hard[:5], paired=True)

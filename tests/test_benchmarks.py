@@ -28,3 +28,29 @@ def test_step_cost_json_rows(flag: list[str], nhwc: bool) -> None:
         assert r["backbone"] == "aodnet" and r["m"] == 2 and r["channels_last"] is nhwc
         assert r["ratio"] == pytest.approx(r["bild_ms"] / r["plain_ms"], rel=1e-2)  # both rounded
         assert r["floor_ratio"] == pytest.approx(r["floor_ms"] / r["plain_ms"], rel=1e-2)
+
+
+BILD_VS_PLAIN = SCRIPT.parent / "bild_vs_plain.py"
+
+
+def test_bild_vs_plain_at_tiny_settings(tmp_path: Path) -> None:
+    import polars as pl
+
+    out = tmp_path / "bench"
+    args = ["--dataset", "builtin", "--backbone", "aodnet", "--preset", "tiny", "--crop", "32", "--steps", "4",
+            "--epochs", "2", "--seeds", "0", "--levers", "bild,mix-0.5+rotation", "--plain-budget", "time",
+            "--out", str(out)]
+    subprocess.run([sys.executable, str(BILD_VS_PLAIN), *args], capture_output=True, text=True, check=True)
+    images = pl.read_parquet(out.with_suffix(".parquet"))
+    assert set(images["lever"]) == {"plain", "bild", "mix-0.5+rotation"}
+    per_lever = images.group_by("lever").agg(pl.len(), pl.col("train_s", "steps").first())
+    assert per_lever["len"].n_unique() == 1  # every model scored on the same test images
+    times = dict(zip(per_lever["lever"], per_lever["train_s"]))
+    assert times["plain"] >= times["bild"]  # --plain-budget time: plain trains at least as long as bild
+    table = out.with_suffix(".md").read_text()
+    assert "| lever | seeds x images |" in table and "test " in table and "train pool" in table
+    # The table's difference is the mean over test images of bild - plain on the same image.
+    pairs = images.filter(pl.col("lever") == "bild").join(images.filter(pl.col("lever") == "plain"), on="pair")
+    diff = (pairs["psnr"] - pairs["psnr_right"]).mean()
+    row = next(line for line in table.splitlines() if line.startswith("| bild |"))
+    assert row.split("|")[4].split("[")[0].strip() == f"{diff:+.3f}"

@@ -23,9 +23,11 @@ from pipeline.bild import (
     crop_log_weights,
     crop_rewards,
     entropy_grad,
+    mix_log_weights,
     per_crop_l1,
     policy_loss,
     regulariser_pull,
+    step_mix,
 )
 from pipeline.bild.reweighter import local_correlation
 
@@ -33,7 +35,7 @@ from pipeline.bild.reweighter import local_correlation
 def _cfg(**changes: object) -> BildConfig:
     """A BildConfig for step tests: the default policy with alpha 0.1, changed by ``changes``."""
     settings = dict(mode="bild", alpha=0.1, temperature=1.0, weighting="softmax", estimator="fd",
-                    reward_norm="batch", regulariser="uniform_kl")
+                    reward_norm="batch", regulariser="uniform_kl", mix=1.0, ess_floor=0.0)
     return BildConfig(**{**settings, **changes})
 
 
@@ -248,6 +250,8 @@ def test_bad_bild_config_names_the_field() -> None:
         _cfg(estimator="magic")
     with pytest.raises(ValueError, match="regulariser='l2'"):
         _cfg(regulariser="l2")
+    with pytest.raises(ValueError, match="bild.mix"):
+        _cfg(mix=1.5)
 
 
 def test_unbounded_batch_normalised_reweighter_scores_and_trains() -> None:
@@ -307,3 +311,90 @@ def test_bf16_autocast_in_channels_last_keeps_the_alignments(name: str) -> None:
         align[amp] = bild_step(batch, nets, _cfg(amp=amp)).crop_align.numpy()
     assert np.isfinite(align[True]).all()
     assert np.corrcoef(align[False], align[True])[0, 1] > 0.999
+
+
+# --- the guard rail: w = (1 - lambda) + lambda * w^pi ---------------------------------------------
+
+
+def _hypergradient_problem(mix: float, alpha: float, regulariser: str, eta: float = 0.05):
+    """The policy gradient bild_step's stages compute, and an autograd reference for it (float64).
+
+    Reference: F(phi) = L_v(theta_t(w(phi))) / eta + (alpha / n) Omega(w^pi(phi)), with theta_t one
+    differentiable SGD step of rate eta on (1/n) sum_i w_i l_i(theta_{t-1}), w the mixed weights.
+    Since dL_v(theta_t)/dw_i = -(eta / n) d_i, eq. 7's gradient must equal grad_phi F exactly.
+    """
+    torch.manual_seed(0)
+    model = create_backbone("aodnet", "tiny").double()
+    reweighter = Reweighter(width=4, depth=2).double()
+    torch.nn.init.normal_(reweighter.head.weight, std=0.5)  # non-uniform weights, as mid-training
+    phi = list(reweighter.parameters())
+    crops = lambda k: torch.rand(k, 3, 16, 16, dtype=torch.float64)  # noqa: E731
+    hazy, clear, val_hazy, val_clear = crops(6), crops(6), crops(3), crops(3)
+    log_policy = crop_log_weights(reweighter(hazy, clear))
+    weights = (1 - mix) + mix * log_policy.exp()  # the mixture, differentiable in phi
+    old = {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
+
+    # The reference: autograd through the inner step into the validation loss.
+    inner = (weights * per_crop_l1(torch.func.functional_call(model, old, (hazy,)), clear)).mean()
+    grads = torch.autograd.grad(inner, list(old.values()), create_graph=True)  # linear in w
+    new = {k: p - eta * g for (k, p), g in zip(old.items(), grads)}
+    val_loss = per_crop_l1(torch.func.functional_call(model, new, (val_hazy,)), val_clear).mean()
+    omega = _neg_entropy if regulariser == "entropy" else _kl_from_uniform
+    reference = torch.autograd.grad(val_loss / eta + alpha / 6 * omega(log_policy.exp()), phi, retain_graph=True)
+
+    # The step's way: exact d_i at theta_{t-1} along g_v at theta_t, eq. 6 rewards, eq. 7 loss.
+    grad_val = dict(zip(old, torch.autograd.grad(val_loss, list(new.values()), retain_graph=True)))
+    align = alignment_loop(model, old, grad_val, hazy, clear)
+    rewards = crop_rewards(log_policy.detach(), align, alpha, "none", regulariser, mix)
+    policy = torch.autograd.grad(policy_loss(rewards, log_policy), phi, retain_graph=True)
+    return reference, policy, (align, weights, log_policy, phi)
+
+
+@pytest.mark.parametrize("mix", [1.0, 0.3])
+@pytest.mark.parametrize(("alpha", "regulariser"), [(0.0, "entropy"), (0.7, "entropy"), (0.7, "uniform_kl")])
+def test_mixed_policy_gradient_is_the_exact_hypergradient(mix: float, alpha: float, regulariser: str) -> None:
+    reference, policy, _ = _hypergradient_problem(mix, alpha, regulariser)
+    scale = max(g.abs().max().item() for g in reference)
+    assert scale > 1e-6
+    assert max((a - b).abs().max().item() for a, b in zip(policy, reference)) < 1e-8 * scale
+
+
+def test_reinforce_with_the_mixed_weights_reward_would_be_wrong() -> None:
+    # The check can fail: eq. 6's R_i = w_i d_i with the mixed w_i, against log w^pi, weighs each
+    # crop's gradient by w_i / w^pi_i instead of lambda.
+    reference, _, (align, weights, log_policy, phi) = _hypergradient_problem(0.3, 0.0, "entropy")
+    naive = torch.autograd.grad(policy_loss(weights.detach() * align, log_policy), phi)
+    scale = max(g.abs().max().item() for g in reference)
+    assert max((a - b).abs().max().item() for a, b in zip(naive, reference)) > 1e-3 * scale
+
+
+def test_mix_zero_is_a_plain_step_plus_the_reweighters_cost() -> None:
+    batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
+    plain, guarded = _tiny_nets("aodnet", 1e-1), _tiny_nets("aodnet", 1e-1)  # the same seed: the same networks
+    plain_stats = bild_step(batch, plain, _cfg(mode="plain"))
+    stats = bild_step(batch, guarded, _cfg(mix=0.0))
+    for a, b in zip(plain.backbone.parameters(), guarded.backbone.parameters()):
+        assert torch.equal(a, b)
+    assert stats.loss == plain_stats.loss and torch.equal(stats.crop_weights, torch.ones(6))
+    assert stats.ess == pytest.approx(6.0) and set(stats.times) == {"inner", "val_grad", "reward", "outer"}
+
+
+def test_mix_keeps_the_mean_weight_and_a_floor_under_every_weight() -> None:
+    log_policy = crop_log_weights(torch.tensor([4.0, 0.0, -3.0, -30.0]))
+    weights = mix_log_weights(log_policy, 0.4).exp()
+    assert weights.mean().item() == pytest.approx(1.0) and weights.min().item() >= 0.6 - 1e-12
+    assert mix_log_weights(log_policy, 1.0) is log_policy  # lambda = 1: the paper's weights, bit for bit
+
+
+@pytest.mark.parametrize("floor", [0.3, 0.8, 1.0])
+def test_ess_floor_lowers_lambda_just_enough(floor: float) -> None:
+    log_policy = crop_log_weights(torch.tensor([3.0, 1.0, 0.0, 0.0, -1.0, -2.0], dtype=torch.float64))
+    ess = lambda log_w: (log_w.exp().sum() ** 2 / (2 * log_w).exp().sum()).item()  # noqa: E731
+    assert ess(log_policy) < floor * 6  # the policy alone is below every floor tried
+    lam = step_mix(log_policy, 1.0, floor)
+    assert lam < 1.0 and ess(mix_log_weights(log_policy, lam)) == pytest.approx(floor * 6)
+    assert step_mix(log_policy, 1.0, 0.0) == 1.0 and step_mix(log_policy, 0.5 * lam, floor) == 0.5 * lam
+    nets = _tiny_nets("aodnet", 1e-1)
+    torch.nn.init.normal_(nets.reweighter.head.weight, std=5.0)
+    batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
+    assert bild_step(batch, nets, _cfg(ess_floor=floor)).ess >= floor * 6 - 1e-4

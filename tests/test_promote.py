@@ -14,8 +14,8 @@ from safetensors import safe_open
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.models import CARD_FORMAT, MODEL_FORMAT, load_model
+from pipeline.models.promotion import NoFinishedTrialError, best_trial, promote, rebuild_data, refit_checkpoint
 from pipeline.models.store import LEGACY_MODEL_FORMAT, file_sha256
-from pipeline.models.promotion import NoFinishedTrialError, best_trial, promote
 from pipeline.promote import main
 from pipeline.results import read_table, write_trial_row
 
@@ -123,3 +123,32 @@ def test_skips_a_trial_whose_checkpoint_is_gone(search_run: Path, tmp_path: Path
     runner_up = best_trial(run)
     assert runner_up["trial_id"] != best["trial_id"]
     assert runner_up["best_select_psnr"] <= best["best_select_psnr"]
+
+
+def test_refit_trains_a_bild_trial_on_every_pool_scene(search_run: Path, tmp_path: Path) -> None:
+    trials = read_table([search_run], "trials").filter(pl.col("trial_id") == "t2-bild")
+    state = load_checkpoint(search_run / trials["best_checkpoint_path"][0])
+    store, splits = rebuild_data(state)
+    record = refit_checkpoint(state, store, tmp_path / "refit" / "checkpoint.pt", "cpu")
+    refit = load_checkpoint(record["checkpoint"])
+    assert record["epochs"] == refit["epoch"] == state["epoch"] and record["mode"] == "bild" and record["val_rotation"]
+    assert record["train_pool_pairs"] == len(splits.train_pool) and refit["config"]["train"]["val_rotation"]
+    assert refit["data"]["splits"]["select"] == splits.select  # the selection set is the search's, untouched
+    assert any(not torch.equal(a, refit["models"]["backbone"][k]) for k, a in state["models"]["backbone"].items())
+
+
+def test_promote_refit_from_the_cli_records_it_on_the_card(search_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(search_run), "--models", str(tmp_path), "--device", "cpu", "--refit"]) == 0
+    assert "refit:" in capsys.readouterr().out
+    card = json.loads((tmp_path / "aodnet" / "v1" / "card.json").read_text())
+    chosen = best_trial(search_run)
+    refit = card["refit"]
+    assert refit["mode"] == chosen["mode"] and refit["epochs"] == card["source"]["epoch"]
+    assert Path(refit["checkpoint"]).is_relative_to(search_run / "refit" / chosen["trial_id"])
+    assert card["selection"]["matches"]  # the check is of the trial the search chose
+    model, _ = load_model(tmp_path / "aodnet" / "v1")
+    refit_model, _ = load_model(refit["checkpoint"])
+    x = torch.rand(1, 3, 24, 24)
+    assert torch.equal(model(x), refit_model(x))  # the promoted model is the refit one
+    assert pl.read_parquet(tmp_path / "index.parquet")["refit"].to_list() == [True]

@@ -75,6 +75,8 @@ def test_search_both_modes_writes_parquet_that_matches_ray(tmp_path: Path) -> No
     # Plain trials search the backbone's learning rate only; bild-only columns stay empty.
     plain = trials.filter(pl.col("mode") == "plain")
     assert plain["alpha"].is_null().all() and plain["inner_lr"].is_not_null().all()
+    # The guard rail is searched with bild (search_spaces/default.yaml) and gets its own column.
+    assert plain["mix"].is_null().all() and trials.filter(pl.col("mode") == "bild")["mix"].is_between(0, 1).all()
     assert epochs["store_shared"].all(), "trials must read the dataset from the object store"
     assert epochs["select_psnr"].is_finite().all()
 

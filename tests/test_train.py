@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -51,8 +52,10 @@ def _final_state(run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "checkpoint.pt")
 
 
-def test_resume_continues_the_same_run_exactly(tmp_path: Path) -> None:
-    common = ["backbone=ffanet", "backbone.preset=tiny", "mode=bild", "train.steps_per_epoch=3", *SMALL]
+@pytest.mark.parametrize("rotation", [[], ["train.val_rotation=true", "train.val_fraction=0.5"]], ids=["fixed", "rotating"])
+def test_resume_continues_the_same_run_exactly(tmp_path: Path, rotation: list[str]) -> None:
+    # Rotating: two folds, so the resumed epoch must hold out the other fold, as the straight run did.
+    common = ["backbone=ffanet", "backbone.preset=tiny", "mode=bild", "train.steps_per_epoch=3", *rotation, *SMALL]
     straight = compose_config([*common, "train.epochs=2", f"run_dir={tmp_path / 'a'}"])
     train(straight)
     first = compose_config([*common, "train.epochs=1", f"run_dir={tmp_path / 'b'}"])
@@ -91,6 +94,43 @@ def test_trainer_uses_scene_disjoint_train_and_validation(tmp_path: Path) -> Non
     assert trainer.val_idx and not scenes(trainer.train_idx) & scenes(trainer.val_idx)
     held_out = scenes(trainer.splits.select) | scenes(trainer.splits.test)
     assert not (scenes(trainer.train_idx) | scenes(trainer.val_idx)) & held_out
+
+
+def test_val_rotation_holds_out_one_fold_per_epoch_and_trains_on_every_scene() -> None:
+    cfg = compose_config(["train.val_rotation=true", "train.val_fraction=0.25", "train.steps_per_epoch=1",
+                          "backbone.preset=tiny", *SMALL])
+    trainer = Trainer(cfg)
+    scenes = lambda idx: {trainer.store.scenes[i] for i in idx}  # noqa: E731
+    folds, pool = trainer.folds, trainer.splits.train_pool
+    assert len(folds) == 4 and sorted(i for fold in folds for i in fold) == pool
+    trained: set[int] = set()
+    for epoch in range(len(folds)):
+        trainer.train_epoch()
+        assert trainer.val_idx == folds[epoch] and trainer.val_crops.indices == folds[epoch]
+        assert not scenes(trainer.train_idx) & scenes(trainer.val_idx)
+        assert sorted(trainer.train_idx + trainer.val_idx) == pool and trainer.train_crops.indices == trainer.train_idx
+        trained |= set(trainer.train_idx)
+    assert trained == set(pool)  # no data tax: every pool scene was trained on
+    plain = Trainer(compose_config(["mode=plain", "train.val_rotation=true", *SMALL]))
+    assert plain.folds is None and plain.train_idx == plain.splits.train_pool  # plain has no split to rotate
+    with pytest.raises(ValueError, match="val_rotation"):
+        Trainer(cfg, train_pairs=pool[:3])
+
+
+def test_warmup_steps_are_plain_and_leave_the_reweighter_untouched() -> None:
+    trainer = Trainer(compose_config(["train.bild_warmup_steps=2", "train.steps_per_epoch=3",
+                                      "backbone.preset=tiny", *SMALL]))
+    reweighter = trainer.nets.reweighter
+    start = [p.detach().clone() for p in reweighter.parameters()]
+    seen: list[tuple[float, bool]] = []
+
+    def record(batch: object, stats: object) -> None:
+        seen.append((stats.ess, all(torch.equal(a, b) for a, b in zip(start, reweighter.parameters()))))
+
+    metrics = trainer.train_epoch(on_step=record)
+    assert [unchanged for _, unchanged in seen] == [True, True, False]
+    assert np.isnan(seen[0][0]) and np.isnan(seen[1][0]) and np.isfinite(seen[2][0])
+    assert metrics["ess"] == pytest.approx(seen[2][0])  # the epoch's mean over the steps that had weights
 
 
 def test_bf16_autocast_and_channels_last_options_train(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from ..results import FINISHED, check_metric, read_table, searched_params
 from ..studies import experiment_studies
 
-__all__ = ["FORMATS", "analyze", "bootstrap_diff", "render"]
+__all__ = ["FORMATS", "analyze", "bootstrap_diff", "paired_best", "render"]
 
 FORMATS = ("table", "markdown", "json")
 BASELINE_MODE = "plain"
@@ -87,14 +87,24 @@ def _modes(trials: pl.DataFrame, finished: pl.DataFrame) -> list[dict[str, Any]]
 
 
 def bootstrap_diff(
-    a: np.ndarray, b: np.ndarray, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+    a: np.ndarray, b: np.ndarray, *, paired: bool = False, confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES, seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(a) - mean(b), each group resampled with replacement."""
+    """Percentile bootstrap interval of mean(a) - mean(b).
+
+    Unpaired: each group resampled with replacement on its own. ``paired``: a[k] and b[k] are
+    two models' scores on the same item k, so the items are resampled and each keeps its own
+    difference a[k] - b[k] (what is shared by the pair, such as an image's difficulty, cancels).
+    """
     rng = np.random.default_rng(seed)
-    means_a = rng.choice(a, size=(resamples, a.size)).mean(axis=1)
-    means_b = rng.choice(b, size=(resamples, b.size)).mean(axis=1)
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError(f"a paired bootstrap needs one score per item from each side, got {a.size} and {b.size}")
+        diffs = rng.choice(a - b, size=(resamples, a.size)).mean(axis=1)
+    else:
+        diffs = rng.choice(a, size=(resamples, a.size)).mean(axis=1) - rng.choice(b, size=(resamples, b.size)).mean(axis=1)
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(means_a - means_b, [tail, 100 - tail])
+    low, high = np.percentile(diffs, [tail, 100 - tail])
     return float(low), float(high)
 
 
@@ -224,14 +234,71 @@ def _curves(epochs: pl.DataFrame | None, trials: pl.DataFrame, metric: str) -> l
     return grouped.join(status, on=["experiment", "trial_id"], how="left", maintain_order="left").to_dicts()
 
 
-def analyze(run_dirs: Sequence[str | os.PathLike], metric: str = "select_psnr") -> dict[str, Any]:
-    """The report of one or more experiments: ``leaderboard``, ``modes``, ``comparison``, ``importance``, ``curves``."""
+def _best_of_mode(run_dirs: Sequence[str | os.PathLike], metric: str, mode: str) -> dict[str, Any] | None:
+    from ..models.promotion import NoFinishedTrialError, best_trial
+
+    found = []
+    for run_dir in run_dirs:
+        try:
+            found.append(best_trial(run_dir, metric, mode))
+        except NoFinishedTrialError:
+            continue
+    return max(found, key=lambda t: t[f"best_{metric}"], default=None)
+
+
+def paired_best(run_dirs: Sequence[str | os.PathLike], metric: str = "select_psnr",
+                device: str = "auto") -> dict[str, Any]:
+    """The best bild and the best plain trial, re-scored image by image on the selection set: bild - plain.
+
+    Both checkpoints are loaded and run on every selection image (the search recorded only
+    means), so each image's difference is paired: the bootstrap resamples images.
+    """
+    # Model runs only when asked for (--paired): the rest of the report reads Parquet alone.
+    from ..checkpoints import load_checkpoint
+    from ..evaluation.inference import resolve_device, score_pairs
+    from ..models import load_model
+    from ..models.promotion import rebuild_data
+
+    best = {mode: _best_of_mode(run_dirs, metric, mode) for mode in ("bild", BASELINE_MODE)}
+    result: dict[str, Any] = {"trials": {m: t and {"experiment": t["experiment"], "trial_id": t["trial_id"],
+                                                   "checkpoint": t["checkpoint"]} for m, t in best.items()},
+                              "rows": [], "note": None}
+    missing = [m for m, t in best.items() if t is None]
+    if missing:
+        result["note"] = f"no finished {' or '.join(missing)} trial with a checkpoint: nothing to pair"
+        return result
+    dev, scores, selects = resolve_device(device), {}, {}
+    for mode, trial in best.items():
+        state = load_checkpoint(trial["checkpoint"])
+        store, splits = rebuild_data(state)
+        model, _ = load_model(trial["checkpoint"])
+        selects[mode] = splits.select
+        scores[mode] = score_pairs(model.to(dev), store, splits.select, dev,
+                                   max_side=state["config"]["dataset"]["eval_max_side"])
+    if selects["bild"] != selects[BASELINE_MODE]:
+        raise ValueError("the best bild and plain trials were selected on different selection sets "
+                         "(another dataset or split); their images cannot be paired")
+    for name in ("psnr", "ssim"):
+        a, b = np.array(scores["bild"][name]), np.array(scores[BASELINE_MODE][name])
+        low, high = bootstrap_diff(a, b, paired=True)
+        result["rows"].append({"metric": name, "images": int(a.size), "bild": float(a.mean()),
+                               "plain": float(b.mean()), "difference": float((a - b).mean()), "ci_low": low,
+                               "ci_high": high, "bild_wins": float((a > b).mean())})
+    return result
+
+
+def analyze(run_dirs: Sequence[str | os.PathLike], metric: str = "select_psnr", *, paired: bool = False,
+            device: str = "auto") -> dict[str, Any]:
+    """The report of one or more experiments: ``leaderboard``, ``modes``, ``comparison``, ``importance``, ``curves``.
+
+    ``paired`` adds ``paired`` (:func:`paired_best`): it runs the two best checkpoints on ``device``.
+    """
     check_metric(metric)
     trials = _latest_trials(read_table(run_dirs, "trials"))
     finished = trials.filter(pl.col("status").is_in(FINISHED) & pl.col(f"best_{metric}").is_not_null())
     params = searched_params(trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per scope is noise here
-    return {
+    report = {
         "run_dirs": [str(d) for d in run_dirs],
         "metric": metric,
         "params": params,
@@ -241,6 +308,9 @@ def analyze(run_dirs: Sequence[str | os.PathLike], metric: str = "select_psnr") 
         "importance": _importance(finished, metric, params, _studies(run_dirs, metric)),
         "curves": _curves(_epochs_or_empty(run_dirs), trials, metric),
     }
+    if paired:
+        report["paired"] = paired_best(run_dirs, metric, device)
+    return report
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -291,6 +361,13 @@ def _importance_text(report: dict[str, Any], fmt: str) -> str:
     return "\n\n".join(parts)
 
 
+def _paired_text(paired: dict[str, Any], fmt: str) -> str:
+    trials = "; ".join(f"{mode}: {t['experiment']}/{t['trial_id']}" for mode, t in paired["trials"].items() if t)
+    table = _records(paired["rows"], ["metric", "images", "bild", "plain", "difference", "ci_low", "ci_high",
+                                      "bild_wins"], fmt)
+    return "\n\n".join(part for part in (trials, table, paired["note"] and f"note: {paired['note']}") if part)
+
+
 def render(report: dict[str, Any], fmt: str = "table") -> str:
     """The report as ``table`` (aligned text), ``markdown`` or ``json`` (one object)."""
     if fmt == "json":
@@ -310,4 +387,6 @@ def render(report: dict[str, Any], fmt: str = "table") -> str:
         "Hyperparameter effects": _importance_text(report, fmt),
         f"Learning curves ({report['metric']})": _curve_table(report, fmt),
     }
+    if "paired" in report:
+        sections["Best bild - best plain, per selection image (paired bootstrap CI)"] = _paired_text(report["paired"], fmt)
     return "\n\n".join(f"{heading(title)}\n\n{body}" for title, body in sections.items()) + "\n"

@@ -19,8 +19,10 @@ from .step import (
     bild_step,
     crop_rewards,
     entropy_grad,
+    mix_log_weights,
     policy_loss,
     regulariser_pull,
+    step_mix,
 )
 
 __all__ = [
@@ -44,7 +46,9 @@ __all__ = [
     "crop_log_weights",
     "crop_rewards",
     "entropy_grad",
+    "mix_log_weights",
     "per_crop_l1",
     "policy_loss",
     "regulariser_pull",
+    "step_mix",
 ]

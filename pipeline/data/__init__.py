@@ -29,7 +29,7 @@ from .errors import (
 from .inspect import inspect_dataset
 from .layouts import LAYOUTS, detect_layout, read_pairs
 from .load import load_dataset
-from .splits import Splits, split_by_scene, split_train_val
+from .splits import Splits, rotation_folds, split_by_scene, split_train_val
 from .store import PairStore
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Splits",
     "split_by_scene",
     "split_train_val",
+    "rotation_folds",
     "CropSampler",
     "to_tensor",
     "to_uint8",

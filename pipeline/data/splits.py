@@ -5,7 +5,8 @@ across sets. Three fixed sets come from `split_by_scene` (docs/design.md, "Data 
 a train pool, a selection set (the metric the search ranks trials by) and a test
 set (reported for promoted models only). Each trial then splits its train pool
 into its own train and validation sets with `split_train_val`, since the
-validation fraction is itself searched.
+validation fraction is itself searched, or, cross-fitting, into k scene folds
+(`rotation_folds`) of which each epoch holds out the next.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from .errors import SplitError
 from .store import PairStore
 
-__all__ = ["Splits", "split_by_scene", "split_train_val"]
+__all__ = ["Splits", "rotation_folds", "split_by_scene", "split_train_val"]
 
 
 @dataclass
@@ -95,3 +96,18 @@ def split_train_val(
         )
     n_val = min(max(1, round(val_fraction * len(scenes))), len(scenes) - 1)
     return _pairs_of(store, train_pool, scenes[n_val:]), _pairs_of(store, train_pool, scenes[:n_val])
+
+
+def rotation_folds(store: PairStore, train_pool: list[int], val_fraction: float, seed: int) -> list[list[int]]:
+    """The train pool's pairs in k = round(1 / val_fraction) scene-disjoint folds (cross-fitting).
+
+    Epoch e holds out fold e mod k as its validation split and trains on the rest, so over k
+    epochs every scene is trained on, and within an epoch the outer loop still reads only
+    scenes the inner step does not train on. k is clamped to [2, number of scenes].
+    """
+    _check_fraction("val_fraction", val_fraction, allow_zero=False)
+    scenes = _shuffled_scenes(store, train_pool, seed)
+    if len(scenes) < 2:
+        raise SplitError(f"the train pool has {len(scenes)} scene(s); expected at least 2 to rotate a validation fold")
+    k = min(max(2, round(1 / val_fraction)), len(scenes))
+    return [_pairs_of(store, train_pool, scenes[j::k]) for j in range(k)]

@@ -12,6 +12,12 @@ rebuilt from the checkpoint's own resolved config, and the result is written as
     models/index.parquet                      every promoted model, one row each
 
 A version folder is never overwritten: N is one more than the largest present.
+
+With ``refit``, the trial's configuration is first trained again on the whole train pool
+(bild mode with the validation fold rotating each epoch, so that every pool scene is trained
+on; plain already trains on the whole pool) for as many epochs as the chosen checkpoint had,
+into ``<run_dir>/refit/<trial_id>/checkpoint.pt``; that model is the one promoted and tested.
+The selection set still only checks the trial the search chose: nothing is picked by it twice.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,15 +37,15 @@ import torch
 
 from .. import __version__
 from ..checkpoints import load_checkpoint
-from ..config import REPO_ROOT
+from ..config import REPO_ROOT, saved_config
 from ..data import PairStore, Splits, load_dataset, split_by_scene
 from ..evaluation.inference import resolve_device, score_pairs
 from ..files import atomic_write_text
 from ..results import FINISHED, HYPERPARAMS, check_metric, read_table, searched_params, write_rows
 from .store import CARD_FILE, LATEST_FILE, load_model, read_card, save_model
 
-__all__ = ["INDEX_SCHEMA", "NoFinishedTrialError", "best_trial", "promote", "promotion_summary",
-           "write_index"]
+__all__ = ["INDEX_SCHEMA", "NoFinishedTrialError", "best_trial", "promote", "promotion_summary", "rebuild_data",
+           "refit_checkpoint", "write_index"]
 
 # Re-evaluation may run on another device or thread count than the search did.
 TOLERANCE = {"psnr": 0.05, "ssim": 2e-3}
@@ -57,6 +64,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("select_ssim", pa.float64()),
         pa.field("test_psnr", pa.float64()),
         pa.field("test_ssim", pa.float64()),
+        pa.field("refit", pa.bool_()),
         pa.field("dataset", pa.string()),
         pa.field("data_fingerprint", pa.string()),
         pa.field("code_version", pa.string()),
@@ -83,8 +91,9 @@ def _checkpoint_file(value: str | None, run_dir: Path) -> str | None:
     return None
 
 
-def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr") -> dict[str, Any]:
-    """The trials-table row with the highest ``best_<metric>`` among finished trials with a checkpoint."""
+def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr", mode: str | None = None) -> dict[str, Any]:
+    """The trials-table row with the highest ``best_<metric>`` among finished trials with a checkpoint
+    (of one training ``mode`` when given)."""
     check_metric(metric)
     run_dir = Path(run_dir)
     trials = read_table([run_dir], "trials")
@@ -92,12 +101,12 @@ def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr") -> dict[
         {**row, "checkpoint": _checkpoint_file(row["best_checkpoint_path"], run_dir)}
         for row in trials.filter(pl.col("status").is_in(FINISHED)).to_dicts()
     ]
-    rows = [r for r in rows if r["checkpoint"] and r[f"best_{metric}"] is not None]
+    rows = [r for r in rows if r["checkpoint"] and r[f"best_{metric}"] is not None and mode in (None, r["mode"])]
     if not rows:
         statuses = ", ".join(f"{s} x{n}" for s, n in trials["status"].value_counts().iter_rows())
         raise NoFinishedTrialError(
-            f"nothing to promote in {run_dir}: no trial finished (TERMINATED or STOPPED) with a checkpoint on disk "
-            f"and a {metric}; trial statuses: {statuses}"
+            f"nothing to promote in {run_dir}: no{'' if mode is None else ' ' + mode} trial finished (TERMINATED or "
+            f"STOPPED) with a checkpoint on disk and a {metric}; trial statuses: {statuses}"
         )
     # max keeps the first of equals: ties go to the smaller trial id, whatever the file order.
     best = max(sorted(rows, key=lambda r: r["trial_id"]), key=lambda r: r[f"best_{metric}"])
@@ -115,7 +124,7 @@ def _dataset_root(root: str | None) -> str | None:
     return str(REPO_ROOT / root) if (REPO_ROOT / root).exists() else root
 
 
-def _rebuild_data(state: dict[str, Any]) -> tuple[PairStore, Splits]:
+def rebuild_data(state: dict[str, Any]) -> tuple[PairStore, Splits]:
     """The dataset and its three fixed sets, from the checkpoint's config; refuses data that changed since."""
     ds = state["config"]["dataset"]
     store = load_dataset(ds["layout"], _dataset_root(ds["root"]), skip_bad=ds["skip_bad"], max_side=ds["max_side"])
@@ -151,6 +160,34 @@ def _selection_check(trial: dict[str, Any], measured: dict[str, float]) -> dict[
     return {"recorded": recorded, "measured": measured, "tolerance": TOLERANCE, "matches": matches}
 
 
+# --- refit ------------------------------------------------------------------------------------------
+
+
+def refit_checkpoint(state: dict[str, Any], store: PairStore, path: Path, device: str = "auto") -> dict[str, Any]:
+    """Train ``state``'s configuration again on the whole train pool, for ``state['epoch']`` epochs, into ``path``.
+
+    Returns what the card records about it. The dataset ``store`` must be the one the trial
+    trained on (``rebuild_data`` checks that), so the train pool is the trial's.
+    """
+    # The only place promotion trains. The trainer is imported here, not at the top, because
+    # promotion belongs with the inference side (pipeline.models, evaluate, dehaze), which must
+    # not load the training engine: a plain promotion never does, only --refit.
+    from ..trainer import Trainer
+
+    cfg = saved_config(state["config"])
+    cfg.device, cfg.train.epochs = device, state["epoch"]
+    if cfg.mode == "bild":  # cross-fitting: the validation fold rotates, so every pool scene is trained on
+        cfg.train.val_rotation = True
+    trainer = Trainer(cfg, store)
+    start = time.perf_counter()
+    while trainer.epoch < cfg.train.epochs:
+        trainer.train_epoch()
+    trainer.save(path)
+    return {"checkpoint": str(path), "epochs": trainer.epoch, "steps": trainer.step, "mode": cfg.mode,
+            "val_rotation": bool(cfg.train.val_rotation) and cfg.mode == "bild",
+            "train_pool_pairs": len(trainer.splits.train_pool), "seconds": time.perf_counter() - start}
+
+
 # --- writing ----------------------------------------------------------------------------------------
 
 
@@ -174,7 +211,8 @@ def _index_row(card: dict[str, Any], folder: Path) -> dict[str, Any]:
         "experiment": source["experiment"], "trial_id": source["trial_id"], "mode": card["config"]["mode"],
         **{name: card["hyperparameters"].get(name) for name in HYPERPARAMS},
         "selection_metric": card["selection"]["metric"], "select_psnr": sel["psnr"], "select_ssim": sel["ssim"],
-        "test_psnr": test["psnr"], "test_ssim": test["ssim"], "dataset": card["data"]["name"],
+        "test_psnr": test["psnr"], "test_ssim": test["ssim"], "refit": card.get("refit") is not None,
+        "dataset": card["data"]["name"],
         "data_fingerprint": card["data"]["fingerprint"], "code_version": card["code"]["version"],
         "git_commit": card["code"]["git_commit"], "promoted_at": card["promoted_at"],
     }
@@ -190,7 +228,8 @@ def write_index(models_dir: str | os.PathLike) -> Path:
 
 
 def _provenance(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check: dict[str, Any],
-                test: dict[str, float], metric: str, version: str, run_dir: Path) -> dict[str, Any]:
+                test: dict[str, float], metric: str, version: str, run_dir: Path,
+                refit: dict[str, Any] | None) -> dict[str, Any]:
     """The card's fields beyond the architecture: where the model came from and how well it did."""
     cfg = state["config"]
     return {
@@ -199,8 +238,9 @@ def _provenance(trial: dict[str, Any], state: dict[str, Any], store: PairStore, 
         "hyperparameters": trial["hyperparameters"],
         "selection": {"metric": metric, **check},
         "test": test,
+        "refit": refit,
         "source": {"run_dir": str(run_dir), "experiment": trial["experiment"], "trial_id": trial["trial_id"],
-                   "status": trial["status"], "checkpoint": trial["checkpoint"], "epoch": state["epoch"]},
+                   "status": trial["status"], "checkpoint": trial["checkpoint"], "epoch": trial["epoch"]},
         "data": {"name": cfg["dataset"]["name"], "layout": cfg["dataset"]["layout"], "root": cfg["dataset"]["root"],
                  "pairs": len(store), "fingerprint": store.fingerprint()},
         "code": {"version": __version__, "git_commit": _git_commit()},
@@ -230,21 +270,32 @@ def promote(
     *,
     metric: str = "select_psnr",
     device: str = "auto",
+    refit: bool = False,
 ) -> dict[str, Any]:
-    """Promote the best finished trial of ``run_dir`` into ``models_dir``; returns its card (plus ``path``)."""
+    """Promote the best finished trial of ``run_dir`` into ``models_dir``; returns its card (plus ``path``).
+
+    ``refit`` promotes the trial's configuration trained again on the whole train pool instead
+    of the trial's own checkpoint (see the module's docstring).
+    """
     run_dir = Path(run_dir)
     trial = best_trial(run_dir, metric)
     state = load_checkpoint(trial["checkpoint"])
+    trial["epoch"] = state["epoch"]
     # Built exactly as a user will load it, so the numbers on the card are the promoted model's.
     model, _ = load_model(trial["checkpoint"])
-    store, splits = _rebuild_data(state)
+    store, splits = rebuild_data(state)
     dev = resolve_device(device)
-    model = model.to(dev)
     eval_side = state["config"]["dataset"]["eval_max_side"]
-    check = _selection_check(trial, _scores(model, store, splits.select, dev, eval_side))
-    test = _scores(model, store, splits.test, dev, eval_side)
+    check = _selection_check(trial, _scores(model.to(dev), store, splits.select, dev, eval_side))
+    refitted = None
+    if refit:
+        path = run_dir / "refit" / trial["trial_id"] / "checkpoint.pt"
+        refitted = refit_checkpoint(state, store, path, device)
+        state, (model, _) = load_checkpoint(path), load_model(path)
+    test = _scores(model.to(dev), store, splits.test, dev, eval_side)
     folder = _reserve_version(Path(models_dir) / state["backbone"]["name"])
-    card = _write_version(folder, state, _provenance(trial, state, store, check, test, metric, folder.name, run_dir))
+    card = _write_version(folder, state, _provenance(trial, state, store, check, test, metric, folder.name, run_dir,
+                                                     refitted))
     return {**card, "path": str(folder)}
 
 
@@ -258,5 +309,9 @@ def promotion_summary(card: dict[str, Any]) -> str:
         f"best by {sel['metric']}) -> {card['path']}",
         f"  selection ({meas['images']} images): PSNR {meas['psnr']:.3f} dB (search: {rec['psnr']:.3f}), "
         f"SSIM {meas['ssim']:.4f} (search: {rec['ssim']:.4f}); {verdict}",
-        f"  test      ({test['images']} images): PSNR {test['psnr']:.3f} dB, SSIM {test['ssim']:.4f}",
+        *([f"  refit: {card['refit']['mode']} on the whole train pool ({card['refit']['train_pool_pairs']} pairs"
+           f"{', validation fold rotating' if card['refit']['val_rotation'] else ''}) for {card['refit']['epochs']} "
+           f"epochs -> {card['refit']['checkpoint']}"] if card.get("refit") else []),
+        f"  test      ({test['images']} images): PSNR {test['psnr']:.3f} dB, SSIM {test['ssim']:.4f}"
+        + (" (the refit model)" if card.get("refit") else ""),
     ])

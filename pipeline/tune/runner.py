@@ -157,6 +157,14 @@ class _StudySearch(OptunaSearch):
         self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)  # the Optuna trial suggest just asked for
         return params
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if result.get("settled"):  # a finished trial repeating its record on resume: the study has it
+            return
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # the journal saved the trial's end before a killed driver's Tune state did
+
 
 def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearch:
     storage, name = study_storage(opts.experiment_dir), study_name(opts.name, mode)

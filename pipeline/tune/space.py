@@ -3,8 +3,8 @@
 A space file names the metric, mode, trial count, Optuna sampler and its seed and, per
 hyperparameter, the config key it sets, its type and range. A parameter's name is its
 config key's last part (``alpha`` sets ``bild.alpha``): one name from the file to the Parquet
-column. Entries marked ``bild_only`` (alpha, the outer learning rate, the validation
-fraction) mean nothing to plain training and are left out of plain searches. Any other
+column. Entries marked ``bild_only`` (alpha, the guard rail mix, the outer learning rate, the
+validation fraction) mean nothing to plain training and are left out of plain searches. Any other
 top-level key is an error, so a typo cannot silently fall back to a default.
 """
 

@@ -1,0 +1,299 @@
+"""Does BILD beat plain training? Paired per-image differences on scenes no run trained on.
+
+Trains plain and each BILD lever with the same seeds and the same number of steps (or, with
+``--plain-budget time``, plain for as long as default BILD took), then scores every final
+backbone on the Trainer's scene-disjoint test split (``dataset.select_fraction``,
+``dataset.test_fraction``, ``dataset.split_seed``). For each lever it reports the per-image
+paired difference to plain (lever - plain, on the same images and seeds) with a seeded
+bootstrap 95% CI of the mean PSNR and SSIM difference, the share of images where the lever
+wins, the weights' ESS and largest weight, and the training wall time.
+
+Levers (``--levers``, comma-separated; plain always runs):
+  bild         the default BILD step
+  mix-0.5      the guard rail: w = 0.5 + 0.5 * policy weights (bild.mix)
+  ess-0.7      an ESS floor of 0.7 n (bild.ess_floor)
+  rotation     cross-fitting: the validation fold rotates each epoch (train.val_rotation)
+  m-10         a larger validation batch, m = 10 (train.val_batch_size)
+  warmup       the first third of the steps plain (train.bild_warmup_steps)
+  bild-train   the outer loop reads training crops (the paper's ablation)
+  uniform      bild with alpha = 1000: uniform weights on BILD's own split (the data tax alone)
+  mix-0.5+rotation   two levers together (any names joined by '+')
+
+Output: ``OUT.parquet`` (one row per run and test image) and ``OUT.md`` (the table).
+The data defaults to SOTS-indoor where its descriptor's root (datasets/local/sots_indoor, a
+folder or a link to one) exists, else the built-in data.
+
+    python benchmarks/bild_vs_plain.py --seeds 0,1,2,3,4 --steps 300 --out runs/bench/sots
+    python benchmarks/bild_vs_plain.py --levers bild,mix-0.5 --wrong-targets 0.3 --out runs/bench/wrong
+    python benchmarks/bild_vs_plain.py --dataset builtin --backbone aodnet --preset tiny --crop 32 --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import multiprocessing
+import platform
+import sys
+import time
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: experiments/ is a top-level folder like this one
+
+from experiments.wrong_targets import corrupt_targets  # noqa: E402
+from pipeline.analysis.report import CONFIDENCE, RESAMPLES, bootstrap_diff  # noqa: E402
+from pipeline.config import compose_config  # noqa: E402
+from pipeline.data import PairStore, split_by_scene  # noqa: E402
+from pipeline.evaluation.inference import score_pairs, set_threads  # noqa: E402
+from pipeline.files import atomic_write, atomic_write_text  # noqa: E402
+from pipeline.trainer import Trainer, load_store  # noqa: E402
+
+BASELINE = "plain"
+DEFAULT_LEVERS = "bild,mix-0.5,ess-0.7,rotation,mix-0.5+rotation,m-10,warmup,bild-train,uniform"
+
+
+def lever_overrides(name: str, steps: int) -> list[str]:
+    """The Hydra overrides one lever (or several joined by '+') adds to the common ones."""
+    single = {
+        "plain": ["mode=plain"],
+        "bild": ["mode=bild"],
+        "mix-0.5": ["bild.mix=0.5"],
+        "ess-0.7": ["bild.ess_floor=0.7"],
+        "rotation": ["train.val_rotation=true"],
+        "m-10": ["train.val_batch_size=10"],
+        "warmup": [f"train.bild_warmup_steps={steps // 3}"],
+        "bild-train": ["mode=bild-train"],
+        "uniform": ["bild.alpha=1000"],
+    }
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in single]
+    if unknown:
+        raise ValueError(f"unknown lever {'+'.join(unknown)!r}; expected one of {', '.join(single)} (or several joined by +)")
+    mode = [] if name == BASELINE or "bild-train" in parts else ["mode=bild"]
+    return [*mode, *(o for p in parts for o in single[p])]
+
+
+# --- one run, in a worker process ---------------------------------------------------------------------
+
+_STORES: dict[tuple[str, ...], PairStore] = {}
+
+
+def _store(common: list[str]) -> PairStore:
+    """The dataset, decoded once per worker process and shared by its runs."""
+    key = tuple(o for o in common if o.startswith(("datasets=", "dataset.root", "dataset.max_side")))
+    if key not in _STORES:
+        _STORES[key] = load_store(compose_config(common))
+    return _STORES[key]
+
+
+def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train one (lever, seed) and score its final backbone on the test split: one row per test image."""
+    set_threads(job["threads"])
+    cfg = compose_config([*job["common"], f"seed={job['seed']}", *lever_overrides(job["lever"], job["steps"])])
+    store = _store(job["common"])
+    if job["wrong_fraction"] > 0:  # the same wrong targets for every lever of a seed
+        ds = cfg.dataset
+        pool = split_by_scene(store, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction,
+                              seed=ds.split_seed).train_pool
+        store, _ = corrupt_targets(store, pool, job["wrong_fraction"], job["seed"])
+    trainer = Trainer(cfg, store)
+    stats: list[dict[str, float]] = []
+    start = time.perf_counter()
+    while (trainer.epoch < cfg.train.epochs if job["seconds"] is None
+           else time.perf_counter() - start < job["seconds"]):
+        stats.append(trainer.train_epoch())
+    train_s = time.perf_counter() - start
+    trainer.backbone.eval()
+    test = trainer.splits.test
+    scores = score_pairs(trainer.backbone, trainer.store, test, trainer.device, max_side=cfg.dataset.eval_max_side)
+    run = {
+        "lever": job["lever"], "seed": job["seed"], "steps": trainer.step, "train_s": train_s,
+        **{k: float(np.nanmean([s[k] for s in stats])) if stats and any(np.isfinite(s[k]) for s in stats) else None
+           for k in ("ess", "max_weight", "weight_entropy")},
+    }
+    return [{**run, "pair": i, "scene": store.scenes[i], "psnr": p, "ssim": q}
+            for i, p, q in zip(test, scores["psnr"], scores["ssim"])]
+
+
+def run_all(jobs: list[dict[str, Any]], workers: int) -> Iterator[list[dict[str, Any]]]:
+    """Each job's rows, in the jobs' order, as soon as that job and those before it are done."""
+    if workers <= 1:
+        yield from map(run_one, jobs)
+        return
+    # spawn: a forked worker would inherit torch's thread pool state from the parent.
+    with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(run_one, jobs)
+
+
+# --- the paired comparison ----------------------------------------------------------------------------
+
+
+def paired_summary(images: pl.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
+    """Per lever: mean PSNR/SSIM, the paired difference to plain with its bootstrap CI, wins, weights, time.
+
+    Each test image's difference is averaged over the seeds first; the bootstrap then resamples
+    images. ``wins`` is the share of (seed, image) pairs where the lever scores the higher PSNR.
+    """
+    runs = images.group_by("lever", "seed").agg(pl.col("train_s", "steps", "ess", "max_weight").first())
+    base = images.filter(pl.col("lever") == BASELINE).select("seed", "pair", psnr_0="psnr", ssim_0="ssim")
+    if base.is_empty():  # plain runs last under --plain-budget time
+        return []
+    base_time = runs.filter(pl.col("lever") == BASELINE)["train_s"].mean()
+    rows = []
+    levers = images["lever"].unique(maintain_order=True).to_list()
+    for lever in [BASELINE, *(lv for lv in levers if lv != BASELINE)]:
+        mine = images.filter(pl.col("lever") == lever).join(base, on=["seed", "pair"])
+        if mine.is_empty():  # no plain run of the same seed (yet): nothing to pair with
+            continue
+        per_image = mine.group_by("pair").agg(pl.col("psnr", "psnr_0", "ssim", "ssim_0").mean()).sort("pair")
+        r = runs.filter(pl.col("lever") == lever)
+        row: dict[str, Any] = {
+            "lever": lever, "seeds": r.height, "images": per_image.height, "steps": float(r["steps"].mean()),
+            "psnr": float(mine["psnr"].mean()), "ssim": float(mine["ssim"].mean()),
+            "ess": r["ess"].mean(), "max_weight": r["max_weight"].mean(),
+            "train_s": float(r["train_s"].mean()), "time_ratio": float(r["train_s"].mean() / base_time),
+        }
+        if lever != BASELINE:
+            for metric in ("psnr", "ssim"):
+                a, b = per_image[metric].to_numpy(), per_image[f"{metric}_0"].to_numpy()
+                low, high = bootstrap_diff(a, b, paired=True, seed=seed)
+                row.update({f"d_{metric}": float((a - b).mean()), f"d_{metric}_low": low, f"d_{metric}_high": high})
+            row["wins"] = float((mine["psnr"] > mine["psnr_0"]).mean())
+            seed_means = mine.group_by("seed").agg((pl.col("psnr") - pl.col("psnr_0")).mean().alias("d"))["d"]
+            row["d_psnr_seed_min"], row["d_psnr_seed_max"] = float(seed_means.min()), float(seed_means.max())
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, spec)
+
+
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The table, with the settings and the split it was measured on."""
+    head = ("| lever | seeds x images | PSNR | BILD - plain PSNR [95% CI] | per-seed range | SSIM diff [95% CI] "
+            "| wins | ESS | max w | train s (x plain) |")
+    lines = [f"# {meta['title']}", "", *(f"- {k}: {v}" for k, v in meta.items() if k != "title"), "", head,
+             "|" + "---|" * 10]
+    for r in summary:
+        diff = "-" if r["lever"] == BASELINE else (
+            f"{r['d_psnr']:+.3f} [{r['d_psnr_low']:+.3f}, {r['d_psnr_high']:+.3f}]")
+        spread = "-" if r["lever"] == BASELINE else f"{r['d_psnr_seed_min']:+.2f} .. {r['d_psnr_seed_max']:+.2f}"
+        sdiff = "-" if r["lever"] == BASELINE else (
+            f"{r['d_ssim']:+.4f} [{r['d_ssim_low']:+.4f}, {r['d_ssim_high']:+.4f}]")
+        lines.append(
+            f"| {r['lever']} | {r['seeds']} x {r['images']} | {r['psnr']:.2f} | {diff} | {spread} | {sdiff} "
+            f"| {_fmt(r.get('wins'), '.0%')} | {_fmt(r['ess'], '.2f')} | {_fmt(r['max_weight'], '.2f')} "
+            f"| {r['train_s']:.0f} ({r['time_ratio']:.2f}x) |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def _default_dataset() -> str:
+    root = compose_config(["datasets=sots-indoor"]).dataset.root
+    return "sots-indoor" if (REPO / root).is_dir() else "builtin"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", help="a descriptor in datasets/ (default: sots-indoor where its root exists, else builtin)")
+    p.add_argument("--data-root", help="the dataset folder (default: the descriptor's root)")
+    p.add_argument("--backbone", default="aodnet")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--steps", type=int, default=300, help="training steps per run (equal for every lever)")
+    p.add_argument("--epochs", type=int, default=10, help="the steps in this many epochs (rotation moves per epoch)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; every lever runs each")
+    p.add_argument("--levers", default=DEFAULT_LEVERS, help=f"comma-separated (default: {DEFAULT_LEVERS})")
+    p.add_argument("--plain-budget", choices=("steps", "time"), default="steps",
+                   help="steps: plain trains as many steps as BILD; time: as long as default BILD took, per seed")
+    p.add_argument("--wrong-targets", type=float, default=0.0, metavar="FRACTION",
+                   help="give this share of the train pool another scene's clear image (validation split included)")
+    p.add_argument("--select-fraction", type=float, default=0.04, help="scene share of the selection set (unused here)")
+    p.add_argument("--test-fraction", type=float, default=0.28, help="scene share of the test set scored")
+    p.add_argument("--eval-side", type=int, default=256, help="centre-crop test images to this side (0: whole images)")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel, one torch thread each")
+    p.add_argument("--out", default="runs/bench/bild_vs_plain", help="writes OUT.parquet and OUT.md")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. train.inner_lr=1e-3)")
+    return p
+
+
+def _common(a: argparse.Namespace) -> list[str]:
+    dataset = a.dataset or _default_dataset()
+    root = [f"dataset.root={a.data_root}"] if a.data_root else (
+        [f"dataset.root={REPO / compose_config([f'datasets={dataset}']).dataset.root}"] if dataset != "builtin" else [])
+    return [f"datasets={dataset}", *root, f"backbone={a.backbone}", f"backbone.preset={a.preset}",
+            f"dataset.crop={a.crop}", f"train.epochs={a.epochs}", f"train.steps_per_epoch={a.steps // a.epochs}",
+            f"dataset.select_fraction={a.select_fraction}", f"dataset.test_fraction={a.test_fraction}",
+            f"dataset.eval_max_side={a.eval_side or 'null'}", "progress=false", "device=cpu", *a.overrides]
+
+
+def _split_note(common: list[str]) -> str:
+    trainer = Trainer(compose_config([*common, "mode=plain"]), _store(common))
+    names = lambda idx: ", ".join(sorted({trainer.store.scenes[i] for i in idx}))  # noqa: E731
+    s = trainer.splits
+    return (f"train pool {len(s.train_pool)} pairs ({names(s.train_pool)}); selection {len(s.select)} "
+            f"({names(s.select)}, unused); test {len(s.test)} ({names(s.test)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.steps < a.epochs:
+        raise SystemExit(f"error: --steps {a.steps} is fewer than --epochs {a.epochs}; expected at least one step an epoch")
+    levers = [lv for lv in a.levers.split(",") if lv and lv != BASELINE]
+    for lv in levers:
+        lever_overrides(lv, a.steps)  # unknown names fail here, before any training
+    if a.plain_budget == "time" and "bild" not in levers:
+        raise SystemExit("error: --plain-budget time needs the 'bild' lever (plain gets its wall time)")
+    common, seeds = _common(a), [int(s) for s in a.seeds.split(",")]
+    job = lambda lever, seed, seconds=None: dict(  # noqa: E731
+        lever=lever, seed=seed, common=common, steps=a.steps, wrong_fraction=a.wrong_targets, threads=1, seconds=seconds)
+    meta = _meta(a, common, argv)
+    rows: list[dict[str, Any]] = []
+    # Seed by seed, plain first, and the files rewritten after every run: an interrupted
+    # benchmark keeps every seed it finished.
+    first = [] if a.plain_budget == "time" else [BASELINE]
+    for done in run_all([job(lv, s) for s in seeds for lv in [*first, *levers]], a.workers):
+        rows += done
+        _write(rows, Path(a.out), meta)
+    if a.plain_budget == "time":
+        bild_s = {r["seed"]: r["train_s"] for r in rows if r["lever"] == "bild"}
+        for done in run_all([job(BASELINE, s, bild_s[s]) for s in seeds], a.workers):
+            rows += done
+            _write(rows, Path(a.out), meta)
+    print(Path(a.out).with_suffix(".md").read_text(), end="")
+    return 0
+
+
+def _write(rows: list[dict[str, Any]], out: Path, meta: dict[str, str]) -> None:
+    images = pl.DataFrame(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out.with_suffix(".parquet"), images.write_parquet)
+    atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(images), meta))
+
+
+def _meta(a: argparse.Namespace, common: list[str], argv: list[str] | None) -> dict[str, str]:
+    return {
+        "title": f"BILD vs plain: {a.backbone} {a.preset}, {a.steps} steps ({a.plain_budget} budget for plain), "
+                 f"crop {a.crop}, seeds {a.seeds}",
+        "data": f"{common[0].split('=')[1]}; {_split_note(common)}",
+        "wrong targets": f"{a.wrong_targets:.0%} of the train pool" if a.wrong_targets else "none",
+        "scoring": f"test images centre-cropped to {a.eval_side} px" if a.eval_side else "whole test images",
+        "CI": f"{CONFIDENCE:.0%} percentile bootstrap over test images ({RESAMPLES} resamples, seed 0), "
+              "each image's difference averaged over the seeds",
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {a.workers} worker(s) x 1 thread",
+        "command": "python benchmarks/bild_vs_plain.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
