@@ -16,6 +16,7 @@ import pytest
 import ray
 
 from pipeline.analysis.report import analyze
+from pipeline.tune.space import load_search_space
 from pipeline.results import read_table
 from pipeline.search import search
 from pipeline.studies import dashboard_command, study_journal, study_name, study_storage
@@ -23,7 +24,7 @@ from pipeline.tune.experiment import format_summary
 
 ARGV = ["--backbone", "aodnet", "--preset", "tiny", "train.steps_per_epoch=3", "dataset.crop=32",
         "--name", "studied", "--mode", "both", "--trials", "3", "--epochs", "2"]
-SEARCHED = {"bild": ["alpha", "inner_lr", "outer_lr", "val_fraction"], "plain": ["inner_lr"]}
+SEARCHED = {mode: sorted(load_search_space("default").for_mode(mode)) for mode in ("bild", "plain")}
 
 
 @pytest.fixture(scope="module")
