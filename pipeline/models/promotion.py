@@ -1,0 +1,268 @@
+"""Promotion: the best trial of a search becomes a versioned model folder.
+
+The best trial is picked by the selection metric alone (never by test), among trials that
+finished (TERMINATED or STOPPED) and whose checkpoint still exists. Its checkpoint is then
+re-evaluated outside the search: on the fixed selection set (which must reproduce the
+value the search recorded) and, for the first time, on the fixed test set. Both sets are
+rebuilt from the checkpoint's own resolved config, and the result is written as
+
+    models/<backbone>/v<N>/model.pt     the backbone alone (see pipeline.models)
+    models/<backbone>/v<N>/card.json    config, metrics, source trial, data fingerprint, code version
+    models/<backbone>/LATEST            "v<N>"
+    models/index.parquet                every promoted model, one row each
+
+A version folder is never overwritten: N is one more than the largest present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import torch
+
+from .. import __version__
+from ..checkpoints import load_checkpoint
+from ..config import REPO_ROOT
+from ..data import PairStore, Splits, load_dataset, split_by_scene
+from ..evaluation.inference import resolve_device, score_pairs
+from ..files import atomic_write_text
+from ..results import FINISHED, HYPERPARAMS, check_metric, read_table, searched_params, write_rows
+from .store import CARD_FILE, LATEST_FILE, MODEL_FILE, load_model, save_model
+
+__all__ = ["CARD_FORMAT", "INDEX_SCHEMA", "NoFinishedTrialError", "best_trial", "promote", "promotion_summary",
+           "write_index"]
+
+CARD_FORMAT = "bild-model-card/1"
+# Re-evaluation may run on another device or thread count than the search did.
+TOLERANCE = {"psnr": 0.05, "ssim": 2e-3}
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("backbone", pa.string()),
+        pa.field("version", pa.string()),
+        pa.field("preset", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("experiment", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("mode", pa.string()),
+        *[pa.field(name, pa.float64()) for name in HYPERPARAMS],
+        pa.field("selection_metric", pa.string()),
+        pa.field("select_psnr", pa.float64()),
+        pa.field("select_ssim", pa.float64()),
+        pa.field("test_psnr", pa.float64()),
+        pa.field("test_ssim", pa.float64()),
+        pa.field("dataset", pa.string()),
+        pa.field("data_fingerprint", pa.string()),
+        pa.field("code_version", pa.string()),
+        pa.field("git_commit", pa.string()),
+        pa.field("promoted_at", pa.string()),
+    ]
+)
+
+
+class NoFinishedTrialError(ValueError):
+    """A run with nothing to promote: no finished trial with a checkpoint on disk."""
+
+
+# --- choosing the trial -----------------------------------------------------------------------------
+
+
+def _checkpoint_file(value: str | None, run_dir: Path) -> str | None:
+    """The recorded checkpoint path if it exists (as written, or relative to the run folder)."""
+    if not value:
+        return None
+    for candidate in (Path(value), run_dir / value):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr") -> dict[str, Any]:
+    """The trials-table row with the highest ``best_<metric>`` among finished trials with a checkpoint."""
+    check_metric(metric)
+    run_dir = Path(run_dir)
+    trials = read_table([run_dir], "trials")
+    rows = [
+        {**row, "checkpoint": _checkpoint_file(row["best_checkpoint_path"], run_dir)}
+        for row in trials.filter(pl.col("status").is_in(FINISHED)).to_dicts()
+    ]
+    rows = [r for r in rows if r["checkpoint"] and r[f"best_{metric}"] is not None]
+    if not rows:
+        statuses = ", ".join(f"{s} x{n}" for s, n in trials["status"].value_counts().iter_rows())
+        raise NoFinishedTrialError(
+            f"nothing to promote in {run_dir}: no trial finished (TERMINATED or STOPPED) with a checkpoint on disk "
+            f"and a {metric}; trial statuses: {statuses}"
+        )
+    # max keeps the first of equals: ties go to the smaller trial id, whatever the file order.
+    best = max(sorted(rows, key=lambda r: r["trial_id"]), key=lambda r: r[f"best_{metric}"])
+    best["hyperparameters"] = {p: best[p] for p in searched_params(trials)}
+    return best
+
+
+# --- re-evaluation ----------------------------------------------------------------------------------
+
+
+def _dataset_root(root: str | None) -> str | None:
+    """A relative root as the search saw it: from the working folder, else from the repository."""
+    if root is None or Path(root).is_absolute() or Path(root).exists():
+        return root
+    return str(REPO_ROOT / root) if (REPO_ROOT / root).exists() else root
+
+
+def _rebuild_data(state: dict[str, Any]) -> tuple[PairStore, Splits]:
+    """The dataset and its three fixed sets, from the checkpoint's config; refuses data that changed since."""
+    ds = state["config"]["dataset"]
+    store = load_dataset(ds["layout"], _dataset_root(ds["root"]), skip_bad=ds["skip_bad"], max_side=ds["max_side"])
+    splits = split_by_scene(store, select_fraction=ds["select_fraction"], test_fraction=ds["test_fraction"],
+                            seed=ds["split_seed"])
+    recorded = state["data"]["splits"]
+    for name in ("select", "test"):
+        if getattr(splits, name) != recorded[name]:
+            raise ValueError(
+                f"the {name} set rebuilt from dataset {ds['name']!r} (layout {ds['layout']}, root {ds['root']}) "
+                "differs from the one the trial was trained with: the data changed since the search"
+            )
+    return store, splits
+
+
+def _scores(model: torch.nn.Module, store: PairStore, indices: list[int], device: torch.device,
+            max_side: int | None) -> dict[str, float]:
+    # The same whole-image scoring as Trainer.evaluate, so the selection value can be compared.
+    scores = score_pairs(model, store, indices, device, max_side=max_side)
+    return {"psnr": sum(scores["psnr"]) / len(indices), "ssim": sum(scores["ssim"]) / len(indices),
+            "images": len(indices)}
+
+
+def _selection_check(trial: dict[str, Any], measured: dict[str, float]) -> dict[str, Any]:
+    recorded = {"psnr": trial["best_select_psnr"], "ssim": trial["best_select_ssim"]}
+    matches = all(abs(measured[k] - recorded[k]) <= TOLERANCE[k] for k in TOLERANCE if recorded[k] is not None)
+    if not matches:
+        warnings.warn(
+            f"re-evaluating {trial['checkpoint']} on the selection set gives PSNR {measured['psnr']:.3f} / SSIM "
+            f"{measured['ssim']:.4f}, but the search recorded {recorded['psnr']} / {recorded['ssim']}; "
+            "the checkpoint may not be the trial's best epoch", stacklevel=3,
+        )
+    return {"recorded": recorded, "measured": measured, "tolerance": TOLERANCE, "matches": matches}
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+def _next_version(backbone_dir: Path) -> str:
+    numbers = [int(m[1]) for p in backbone_dir.glob("v*") if (m := re.fullmatch(r"v(\d+)", p.name))]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _index_row(card: dict[str, Any], folder: Path) -> dict[str, Any]:
+    source, sel, test = card["source"], card["selection"]["measured"], card["test"]
+    return {
+        "backbone": card["backbone"], "version": card["version"], "preset": card["preset"], "path": str(folder),
+        "experiment": source["experiment"], "trial_id": source["trial_id"], "mode": card["config"]["mode"],
+        **{name: card["hyperparameters"].get(name) for name in HYPERPARAMS},
+        "selection_metric": card["selection"]["metric"], "select_psnr": sel["psnr"], "select_ssim": sel["ssim"],
+        "test_psnr": test["psnr"], "test_ssim": test["ssim"], "dataset": card["data"]["name"],
+        "data_fingerprint": card["data"]["fingerprint"], "code_version": card["code"]["version"],
+        "git_commit": card["code"]["git_commit"], "promoted_at": card["promoted_at"],
+    }
+
+
+def write_index(models_dir: str | os.PathLike) -> Path:
+    """Rebuild ``index.parquet`` from every card under ``models_dir`` (so it can never drift from them)."""
+    models_dir = Path(models_dir)
+    cards = sorted(models_dir.glob(f"*/v*/{CARD_FILE}"))
+    rows = [_index_row(json.loads(c.read_text()), c.parent) for c in cards]
+    rows.sort(key=lambda r: (r["backbone"], int(r["version"][1:])))
+    return write_rows(models_dir / "index.parquet", rows, INDEX_SCHEMA)
+
+
+def _card(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check: dict[str, Any],
+          test: dict[str, float], metric: str, version: str, run_dir: Path) -> dict[str, Any]:
+    cfg = state["config"]
+    return {
+        "format": CARD_FORMAT,
+        "backbone": state["backbone"]["name"],
+        "preset": state["backbone"]["preset"],
+        "kwargs": state["backbone"]["kwargs"],
+        "version": version,
+        "config": cfg,
+        "hyperparameters": trial["hyperparameters"],
+        "selection": {"metric": metric, **check},
+        "test": test,
+        "source": {"run_dir": str(run_dir), "experiment": trial["experiment"], "trial_id": trial["trial_id"],
+                   "status": trial["status"], "checkpoint": trial["checkpoint"], "epoch": state["epoch"]},
+        "data": {"name": cfg["dataset"]["name"], "layout": cfg["dataset"]["layout"], "root": cfg["dataset"]["root"],
+                 "pairs": len(store), "fingerprint": store.fingerprint()},
+        "code": {"version": __version__, "git_commit": _git_commit()},
+        "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _reserve_version(backbone_dir: Path) -> Path:
+    """Create and return the next free v<N> folder; a version is never overwritten."""
+    backbone_dir.mkdir(parents=True, exist_ok=True)
+    folder = backbone_dir / _next_version(backbone_dir)
+    folder.mkdir()  # FileExistsError if a concurrent promotion took this number first
+    return folder
+
+
+def _write_version(folder: Path, state: dict[str, Any], card: dict[str, Any]) -> None:
+    """model.pt and card.json into ``folder``, then LATEST beside it and the index above it."""
+    save_model(folder / MODEL_FILE, state["backbone"], state["models"]["backbone"])
+    atomic_write_text(folder / CARD_FILE, json.dumps(card, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(folder.parent / LATEST_FILE, folder.name + "\n")
+    write_index(folder.parents[1])
+
+
+def promote(
+    run_dir: str | os.PathLike,
+    models_dir: str | os.PathLike = "models",
+    *,
+    metric: str = "select_psnr",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Promote the best finished trial of ``run_dir`` into ``models_dir``; returns its card (plus ``path``)."""
+    run_dir = Path(run_dir)
+    trial = best_trial(run_dir, metric)
+    state = load_checkpoint(trial["checkpoint"])
+    # Built exactly as a user will load it, so the numbers on the card are the promoted model's.
+    model, _ = load_model(trial["checkpoint"])
+    store, splits = _rebuild_data(state)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    eval_side = state["config"]["dataset"]["eval_max_side"]
+    check = _selection_check(trial, _scores(model, store, splits.select, dev, eval_side))
+    test = _scores(model, store, splits.test, dev, eval_side)
+    folder = _reserve_version(Path(models_dir) / state["backbone"]["name"])
+    card = _card(trial, state, store, check, test, metric, folder.name, run_dir)
+    _write_version(folder, state, card)
+    return {**card, "path": str(folder)}
+
+
+def promotion_summary(card: dict[str, Any]) -> str:
+    """What a promotion did, in three lines for the terminal."""
+    src, sel, test = card["source"], card["selection"], card["test"]
+    rec, meas = sel["recorded"], sel["measured"]
+    verdict = "matches the search" if sel["matches"] else "DOES NOT match the search"
+    return "\n".join([
+        f"promoted {src['experiment']}/{src['trial_id']} (mode {card['config']['mode']}, epoch {src['epoch']}, "
+        f"best by {sel['metric']}) -> {card['path']}",
+        f"  selection ({meas['images']} images): PSNR {meas['psnr']:.3f} dB (search: {rec['psnr']:.3f}), "
+        f"SSIM {meas['ssim']:.4f} (search: {rec['ssim']:.4f}); {verdict}",
+        f"  test      ({test['images']} images): PSNR {test['psnr']:.3f} dB, SSIM {test['ssim']:.4f}",
+    ])
