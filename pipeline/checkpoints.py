@@ -55,7 +55,8 @@ def load_checkpoint(path: str | os.PathLike, formats: tuple[str, ...] = (CHECKPO
 
 # What a resumed run may take from the new command (how long, and where things are);
 # everything else is the run's own config.
-RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress", "threads")
+RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress", "threads", "train.loader_workers",
+               "dataset.decoded_cache")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -87,7 +87,7 @@ def test_bad_input_gets_a_clear_error(argv: list[str], message: str, tmp_path: P
 
 def test_trainer_uses_scene_disjoint_train_and_validation(tmp_path: Path) -> None:
     trainer = Trainer(compose_config(["train.val_fraction=0.2", *SMALL]))
-    scenes = lambda idx: {trainer.store.scenes[i] for i in idx}  # noqa: E731
+    scenes = lambda idx: {str(trainer.index.scenes[i]) for i in idx}  # noqa: E731
     assert trainer.val_idx and not scenes(trainer.train_idx) & scenes(trainer.val_idx)
     held_out = scenes(trainer.splits.select) | scenes(trainer.splits.test)
     assert not (scenes(trainer.train_idx) | scenes(trainer.val_idx)) & held_out
@@ -110,7 +110,7 @@ def test_on_step_sees_each_batch_with_its_pairs_and_per_crop_stats() -> None:
     assert len(seen) == 3
     for batch, stats in seen:
         assert len(batch.pairs) == 5 and set(batch.pairs) <= set(trainer.train_idx)
-        first = trainer.store.pair(batch.pairs[0])[1]  # the clear image the first crop was cut from
+        first = trainer.index.pair(batch.pairs[0])[1]  # the clear image the first crop was cut from
         crop = (batch.clear[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         assert any(_contains(first[:, ::step], crop) for step in (1, -1))
         assert stats.crop_weights.shape == stats.crop_align.shape == (5,)

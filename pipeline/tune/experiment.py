@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..backbones import UnknownBackboneError, list_presets
 from ..config import ConfigError, compose_config, group_dir, saved_config
-from ..data import PairStore
+from ..data import PairIndex
 from ..files import atomic_write_text
-from ..trainer import Trainer, load_store
+from ..trainer import Trainer, load_index
 from .runner import SearchOptions, Trainable, run_search, start_ray
 from .space import SearchSpace, load_search_space, space_from_dict
 from .trainable import train_trial
@@ -128,7 +128,7 @@ def _saved_experiment(folder: Path) -> tuple[DictConfig, SearchSpace, SearchOpti
     return cfg, space, SearchOptions(**saved)
 
 
-def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, SearchOptions]:
+def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairIndex, SearchOptions]:
     """Validate everything (config, space, data, crops) before Ray starts; resume a saved experiment."""
     _check_backbone(req)
     _check_numbers(req)
@@ -141,20 +141,20 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, Sea
     else:
         cfg, space, opts = _new_experiment(req, name)
     opts.address, opts.dashboard_host = req.address, req.dashboard_host  # where to run may change
-    store = load_store(cfg)
-    Trainer(cfg, store)  # builds data splits, crops and networks once: a bad config fails before Ray
-    return cfg, space, store, opts
+    index = load_index(cfg)
+    Trainer(cfg, index)  # builds data splits, crops and networks once: a bad config fails before Ray
+    return cfg, space, index, opts
 
 
 def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> dict[str, Any]:
     """Validate, start or join Ray, run the search, and return its summary (also written to summary.json)."""
-    cfg, space, store, opts = prepare(req)
+    cfg, space, index, opts = prepare(req)
     ray_info = start_ray(opts)
     print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
     print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
           f"{opts.epochs} epochs, {opts.concurrency} at once)", flush=True)
     try:
-        summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info}
+        summary = {**run_search(cfg, space, index, opts, trainable), "dashboard": ray_info}
     finally:
         ray.shutdown()  # disconnects from a cluster; stops the local Ray this search started
     atomic_write_text(opts.experiment_dir / "summary.json", json.dumps(summary, indent=2, default=str))

@@ -1,6 +1,6 @@
 """Build and run one search: Ray (local with the dashboard, or an existing cluster), Optuna's
-TPE through Ray Tune's OptunaSearch, ASHA, per-trial resources, the shared dataset, Parquet
-results, and resumption of an interrupted experiment.
+TPE through Ray Tune's OptunaSearch, ASHA, per-trial resources, the shared dataset index,
+Parquet results, and resumption of an interrupted experiment.
 
 Experiment folder (``<storage>/<name>/``):
 
@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from ..data import PairStore
+from ..data import PairIndex
 from ..files import atomic_write_text
 from ..results import HYPERPARAM_KEYS
 from .callback import ParquetResultsCallback
@@ -36,7 +36,7 @@ from .trainable import train_trial
 
 __all__ = ["SearchOptions", "Trainable", "start_ray", "run_search"]
 
-# What each trial runs: ``train_trial``'s signature (config, *, base_cfg, space, store).
+# What each trial runs: ``train_trial``'s signature (config, *, base_cfg, space, index).
 Trainable = Callable[..., None]
 
 
@@ -82,16 +82,16 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # Ray's default names carry ',' and '=': awkward in a shell
 
 
-def _trainable(cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
+def _trainable(cfg: DictConfig, space: SearchSpace, index_ref: ray.ObjectRef, opts: SearchOptions,
                fn: Trainable) -> Any:
     base = OmegaConf.to_container(cfg, resolve=True)
-    with_data = tune.with_parameters(fn, base_cfg=base, space=space, store=store_ref)
+    with_data = tune.with_parameters(fn, base_cfg=base, space=space, index=index_ref)
     return tune.with_resources(with_data, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
-def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
+def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.ObjectRef, opts: SearchOptions,
            fn: Trainable) -> tune.Tuner:
-    trainable = _trainable(cfg, space, store_ref, opts, fn)
+    trainable = _trainable(cfg, space, index_ref, opts, fn)
     path = opts.experiment_dir / f"tune-{mode}"
     if tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -155,7 +155,7 @@ def _summary(mode: str, grid: tune.ResultGrid, space: SearchSpace) -> dict[str, 
     return summary
 
 
-def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: SearchOptions,
+def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: SearchOptions,
                trainable: Trainable = train_trial) -> dict[str, Any]:
     """Run (or resume) the search for each mode; return a summary per mode and where things are.
 
@@ -164,7 +164,9 @@ def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: Sear
     exp = opts.experiment_dir
     atomic_write_text(exp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(exp / "search.json", json.dumps(asdict(opts), indent=2))
-    store_ref = ray.put(store)  # one copy in the object store; trials on a node map it zero-copy
-    summaries = [_summary(mode, _tuner(mode, cfg, space, store_ref, opts, trainable).fit(), space)
+    # The index (names, pairing, sizes; no pixels) goes into the object store once; trials on a
+    # node map that one copy zero-copy and read the pixels themselves.
+    index_ref = ray.put(index)
+    summaries = [_summary(mode, _tuner(mode, cfg, space, index_ref, opts, trainable).fit(), space)
                  for mode in opts.modes]
     return {"experiment_dir": str(exp), "results": str(exp / "results"), "modes": summaries}

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from ray import tune
 
 from ..bild import NonFiniteLossError
-from ..data import PairStore
+from ..data import PairIndex
 from ..trainer import Trainer
 from .space import SearchSpace, apply_params
 
@@ -30,16 +30,18 @@ CHECKPOINT_FILE = "checkpoint.pt"
 NONFINITE_PSNR = 0.0
 
 
-def _store_is_shared(store: PairStore) -> bool:
+def _index_is_shared(index: PairIndex) -> bool:
     """Arrays read zero-copy from Ray's object store are read-only views of the one shared copy."""
-    return not store.hazy[0].flags.writeable
+    return not index.sizes.flags.writeable
 
 
-def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: SearchSpace, store: PairStore) -> None:
+def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: SearchSpace, index: PairIndex) -> None:
     """Function trainable: ``config`` holds the sampled hyperparameters and the mode.
 
-    ``store`` arrives through ``tune.with_parameters`` from the driver's single ``ray.put``:
-    a zero-copy, read-only view of the one copy in this node's object store.
+    ``index`` (the dataset's names, pairing and sizes) arrives through ``tune.with_parameters``
+    from the driver's single ``ray.put``: a zero-copy, read-only view of the one copy in this
+    node's object store. The trial reads the pixels itself, through the node's decoded cache.
+    The ``store_shared`` column records that the index came from the object store.
     """
     ctx = tune.get_context()
     cfg = OmegaConf.create(base_cfg)
@@ -48,7 +50,7 @@ def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: Sear
     cfg = apply_params(cfg, config, space)
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
     torch.set_num_threads(cpus)
-    trainer = Trainer(cfg, store)
+    trainer = Trainer(cfg, index)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -58,10 +60,17 @@ def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: Sear
     context = {
         "device": str(trainer.device),
         "node_id": ray.get_runtime_context().get_node_id(),
-        "store_shared": _store_is_shared(store),
+        "store_shared": _index_is_shared(index),
         **trainer.hazy_reference(),
     }
-    while trainer.epoch < cfg.train.epochs:
+    try:
+        _run_epochs(trainer, context)
+    finally:
+        trainer.close()
+
+
+def _run_epochs(trainer: Trainer, context: dict[str, Any]) -> None:
+    while trainer.epoch < trainer.cfg.train.epochs:
         try:
             metrics = {**trainer.train_epoch(), **trainer.evaluate("select")}
         except NonFiniteLossError as err:
