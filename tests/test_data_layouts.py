@@ -214,3 +214,14 @@ def test_inspect_cli_usage_errors(make_dataset, tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["inspect", str(good), "--layout", "nope"])
     assert exit_info.value.code == 2 and "sots-indoor" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["pipeline.data", "pipeline.backbones"])
+def test_output_into_a_closed_pipe_ends_quietly(module: str, make_dataset) -> None:
+    # As `python -m MODULE ... | head -1` when head has gone: no BrokenPipeError traceback, exit 0.
+    args = ["inspect", str(make_dataset(["a.png"], ["a.png"])), "--json"] if module == "pipeline.data" else ["--json"]
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == ""
