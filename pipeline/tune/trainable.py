@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from omegaconf import OmegaConf
 from ray import tune
 
 from ..bild import NonFiniteLossError
+from ..evaluation.inference import set_threads
 from ..data import PairIndex
 from ..trainer import Trainer
 from .space import SearchSpace, apply_params
@@ -48,8 +48,9 @@ def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: Sear
     OmegaConf.set_struct(cfg, False)
     cfg.mode = config["mode"]
     cfg = apply_params(cfg, config, space)
+    # The trial's own CPUs, shared by torch's threads and the crop loader workers.
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
-    torch.set_num_threads(cpus)
+    set_threads(None, reserve=cfg.train.loader_workers, cpus=cpus)
     trainer = Trainer(cfg, index)
 
     checkpoint = tune.get_checkpoint()
