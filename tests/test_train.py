@@ -188,3 +188,17 @@ def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained
     old_cfg = OmegaConf.to_container(compose_config([]))  # as read back from a checkpoint
     del old_cfg["bild"]["regulariser"]
     assert bild_config(saved_config(old_cfg)).regulariser == "entropy"
+
+
+def test_default_threads_leave_a_cpu_per_loader_worker() -> None:
+    from pipeline.evaluation.inference import set_threads
+
+    previous = torch.get_num_threads()
+    try:
+        assert set_threads(None, reserve=2, cpus=2) == 1 == torch.get_num_threads()
+        assert set_threads(None, reserve=2, cpus=6) == 4 == torch.get_num_threads()
+        assert set_threads(3, reserve=2, cpus=2) == 3  # asked for: as asked
+        with pytest.raises(ValueError, match="threads=0"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(previous)
