@@ -50,10 +50,10 @@ sys.path.insert(0, str(REPO))  # run as a script: experiments/ is a top-level fo
 from experiments.wrong_targets import corrupt_targets  # noqa: E402
 from pipeline.analysis.report import CONFIDENCE, RESAMPLES, bootstrap_diff  # noqa: E402
 from pipeline.config import compose_config  # noqa: E402
-from pipeline.data import PairStore, split_by_scene  # noqa: E402
+from pipeline.data import PairIndex, split_by_scene  # noqa: E402
 from pipeline.evaluation.inference import score_pairs, set_threads  # noqa: E402
 from pipeline.files import atomic_write, atomic_write_text  # noqa: E402
-from pipeline.trainer import Trainer, load_store  # noqa: E402
+from pipeline.trainer import Trainer, load_index  # noqa: E402
 
 BASELINE = "plain"
 DEFAULT_LEVERS = "bild,mix-0.5,ess-0.7,rotation,mix-0.5+rotation,m-10,warmup,bild-train,uniform"
@@ -82,28 +82,28 @@ def lever_overrides(name: str, steps: int) -> list[str]:
 
 # --- one run, in a worker process ---------------------------------------------------------------------
 
-_STORES: dict[tuple[str, ...], PairStore] = {}
+_INDEXES: dict[tuple[str, ...], PairIndex] = {}
 
 
-def _store(common: list[str]) -> PairStore:
+def _index(common: list[str]) -> PairIndex:
     """The dataset, decoded once per worker process and shared by its runs."""
     key = tuple(o for o in common if o.startswith(("datasets=", "dataset.root", "dataset.max_side")))
-    if key not in _STORES:
-        _STORES[key] = load_store(compose_config(common))
-    return _STORES[key]
+    if key not in _INDEXES:
+        _INDEXES[key] = load_index(compose_config(common))
+    return _INDEXES[key]
 
 
 def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Train one (lever, seed) and score its final backbone on the test split: one row per test image."""
     set_threads(job["threads"])
     cfg = compose_config([*job["common"], f"seed={job['seed']}", *lever_overrides(job["lever"], job["steps"])])
-    store = _store(job["common"])
+    index = _index(job["common"])
     if job["wrong_fraction"] > 0:  # the same wrong targets for every lever of a seed
         ds = cfg.dataset
-        pool = split_by_scene(store, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction,
+        pool = split_by_scene(index, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction,
                               seed=ds.split_seed).train_pool
-        store, _ = corrupt_targets(store, pool, job["wrong_fraction"], job["seed"])
-    trainer = Trainer(cfg, store)
+        index, _ = corrupt_targets(index, pool, job["wrong_fraction"], job["seed"])
+    trainer = Trainer(cfg, index)
     stats: list[dict[str, float]] = []
     start = time.perf_counter()
     while (trainer.epoch < cfg.train.epochs if job["seconds"] is None
@@ -112,13 +112,13 @@ def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
     train_s = time.perf_counter() - start
     trainer.backbone.eval()
     test = trainer.splits.test
-    scores = score_pairs(trainer.backbone, trainer.store, test, trainer.device, max_side=cfg.dataset.eval_max_side)
+    scores = score_pairs(trainer.backbone, trainer.index, test, trainer.device, max_side=cfg.dataset.eval_max_side)
     run = {
         "lever": job["lever"], "seed": job["seed"], "steps": trainer.step, "train_s": train_s,
         **{k: float(np.nanmean([s[k] for s in stats])) if stats and any(np.isfinite(s[k]) for s in stats) else None
            for k in ("ess", "max_weight", "weight_entropy")},
     }
-    return [{**run, "pair": i, "scene": store.scenes[i], "psnr": p, "ssim": q}
+    return [{**run, "pair": i, "scene": index.scenes[i], "psnr": p, "ssim": q}
             for i, p, q in zip(test, scores["psnr"], scores["ssim"])]
 
 
@@ -238,8 +238,8 @@ def _common(a: argparse.Namespace) -> list[str]:
 
 
 def _split_note(common: list[str]) -> str:
-    trainer = Trainer(compose_config([*common, "mode=plain"]), _store(common))
-    names = lambda idx: ", ".join(sorted({trainer.store.scenes[i] for i in idx}))  # noqa: E731
+    trainer = Trainer(compose_config([*common, "mode=plain"]), _index(common))
+    names = lambda idx: ", ".join(sorted({trainer.index.scenes[i] for i in idx}))  # noqa: E731
     s = trainer.splits
     return (f"train pool {len(s.train_pool)} pairs ({names(s.train_pool)}); selection {len(s.select)} "
             f"({names(s.select)}, unused); test {len(s.test)} ({names(s.test)})")

@@ -49,6 +49,7 @@ def policy_follows_reward(overrides: list[str], *, seed: int = 0, noise: float =
         corrs.append(_in_batch_corr(stats.crop_weights.log().cpu().numpy(), batch.clear.mean((1, 2, 3)).cpu().numpy()))
 
     trainer.train_epoch(on_step=record)
+    trainer.close()
     steps = len(corrs)
     blocks = [float(np.nanmean(corrs[lo : lo + steps // 5])) for lo in range(0, steps - steps // 5 + 1, steps // 5)]
     return {"overrides": overrides, "seed": seed, "noise": noise, "corr_tail": float(np.nanmean(corrs[-tail:])),

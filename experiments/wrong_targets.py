@@ -25,22 +25,22 @@ import torch
 
 from pipeline.bild import CropBatch, StepStats, crop_log_weights
 from pipeline.config import compose_config
-from pipeline.data import CropSampler, PairStore
-from pipeline.trainer import Trainer, load_store
+from pipeline.data import CropSampler, PairIndex
+from pipeline.trainer import Trainer, load_index
 
 __all__ = ["CORRUPTIONS", "corrupt_targets", "main", "mean_weights", "reward_auc", "run_wrong_targets"]
 
 CORRUPTIONS = ("pool", "train")
 
 
-def corrupt_targets(store: PairStore, indices: list[int], fraction: float, seed: int) -> tuple[PairStore, list[int]]:
-    """A copy of ``store`` in which ``fraction`` of ``indices`` point at another scene's clear image."""
+def corrupt_targets(index: PairIndex, indices: list[int], fraction: float, seed: int) -> tuple[PairIndex, list[int]]:
+    """A copy of ``index`` in which ``fraction`` of ``indices`` point at another scene's clear image."""
     rng = np.random.default_rng(seed)
     wrong = sorted(rng.choice(indices, size=round(fraction * len(indices)), replace=False).tolist())
-    corrupted = copy.copy(store)
-    corrupted.clear_of = list(store.clear_of)
+    corrupted = copy.copy(index)
+    corrupted.clear_of = index.clear_of.copy()
     for i in wrong:
-        others = sorted(c for c in set(store.clear_of) if c != store.clear_of[i])
+        others = sorted(int(c) for c in set(index.clear_of.tolist()) if c != index.clear_of[i])
         corrupted.clear_of[i] = int(rng.choice(others))
     return corrupted, wrong
 
@@ -51,7 +51,7 @@ def mean_weights(trainer: Trainer, wrong: list[int], batches: int = 16, seed: in
     rng = np.random.default_rng(seed)
     wrong_set = set(wrong)
     crop = trainer.cfg.dataset.crop
-    samplers = [CropSampler(trainer.store, [i for i in trainer.train_idx if (i in wrong_set) == is_wrong], crop)
+    samplers = [CropSampler(trainer.index, [i for i in trainer.train_idx if (i in wrong_set) == is_wrong], crop)
                 for is_wrong in (True, False)]
     sums = np.zeros(2)
     for _ in range(batches):
@@ -85,10 +85,10 @@ def run_wrong_targets(
     if corrupt not in CORRUPTIONS:
         raise ValueError(f"corrupt={corrupt!r} is not valid; expected one of {', '.join(CORRUPTIONS)}")
     common = [f"seed={seed}", "train.epochs=1", "progress=false", *overrides]
-    store = load_store(compose_config(common))
-    bild_split = Trainer(compose_config([*common, "mode=bild"]), store)
+    index = load_index(compose_config(common))
+    bild_split = Trainer(compose_config([*common, "mode=bild"]), index)
     targets = bild_split.splits.train_pool if corrupt == "pool" else bild_split.train_idx
-    store, wrong = corrupt_targets(store, targets, fraction, seed)
+    index, wrong = corrupt_targets(index, targets, fraction, seed)
     wrong_set = set(wrong)
     result: dict[str, Any] = {
         "overrides": overrides,
@@ -110,8 +110,9 @@ def run_wrong_targets(
         rewards.append((stats.crop_align.cpu().numpy(), is_wrong))
 
     for name, (mode, pairs) in runs.items():
-        trainer = Trainer(compose_config([*common, f"mode={mode}"]), store, train_pairs=pairs)
+        trainer = Trainer(compose_config([*common, f"mode={mode}"]), index, train_pairs=pairs)
         stats = trainer.train_epoch(on_step=record if name == "bild" else None)
+        trainer.close()
         result[f"{name}_select_psnr"] = trainer.evaluate("select")["select_psnr"]
         if name == "bild":
             result["bild_ess"] = stats["ess"]

@@ -75,7 +75,8 @@ def load_checkpoint(
 
 # What a resumed run may take from the new command (how long, and where things are);
 # everything else is the run's own config.
-RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress", "threads")
+RESUME_KEYS = ("train.epochs", "run_dir", "dataset.root", "device", "progress", "threads", "train.loader_workers",
+               "dataset.decoded_cache")
 
 
 def resumed_config(command: DictConfig, saved: dict[str, Any]) -> DictConfig:

@@ -105,7 +105,13 @@ def run_command(body: Callable[[], int], *, errors: tuple[type[BaseException], .
     """
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return body()
+        code = body()
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, inside the handler below
+        return code
+    except BrokenPipeError:  # before ``errors``: it is an OSError too
+        # The reader (head, less) went away: point stdout at /dev/null so the exit flush is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -113,9 +119,5 @@ def run_command(body: Callable[[], int], *, errors: tuple[type[BaseException], .
         detail = str(err) if err.args and str(err) not in ("SIGINT", "SIGTERM") else "what finished is kept"
         print(f"interrupted: {detail}; the same command continues it", file=sys.stderr)
         return INTERRUPTED
-    except BrokenPipeError:
-        # The reader (head, less) went away: point stdout at /dev/null so the exit flush is silent.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -1,9 +1,16 @@
 """Hydra composition for every entry point, and configs read back from saved runs.
 
-The groups ``backbone`` and ``policy`` live in ``pipeline/conf/``; ``datasets`` is the
-repository's top-level folder of that name (each file declares its package, ``dataset``), so
-the descriptors a user edits are the ones the pipeline reads. Search spaces are not part of
-the training config: ``pipeline.tune.space`` reads them from ``search_spaces/``.
+The groups ``backbone`` and ``policy`` live in ``pipeline/conf/``. ``datasets`` (each file
+declares its package, ``dataset``) and ``search_spaces`` (read by ``pipeline.tune.space``, not
+part of the training config) are the repository's top-level folders of those names, so the
+descriptors a user edits are the ones the pipeline reads. Which copy is read:
+
+1. run from a checkout (the package's parent folder holds this project's pyproject.toml):
+   the checkout's top-level ``datasets/`` and ``search_spaces/``;
+2. installed from a wheel (``pip install .``): the copies the build put into
+   ``pipeline/conf/datasets/`` and ``pipeline/conf/search_spaces/`` (setup.py).
+
+A search space may always be given as a path to any YAML file instead of a name.
 """
 
 from __future__ import annotations
@@ -20,7 +27,19 @@ __all__ = ["ADDED_KEYS", "CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError",
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_PACKAGE_GROUPS = ("backbone", "policy")  # groups shipped inside the package, under conf/
+_PACKAGE_GROUPS = ("backbone", "policy")  # groups that live inside the package, under conf/
+_TOP_LEVEL_GROUPS = ("datasets", "search_spaces")  # a checkout's top-level folders, packaged copies in a wheel
+
+
+def _in_checkout() -> bool:
+    """Whether the package runs from a checkout of this project (else: installed, e.g. in site-packages)."""
+    project = REPO_ROOT / "pyproject.toml"
+    return project.is_file() and 'name = "bild-dehaze"' in project.read_text(encoding="utf-8")
+
+
+def _top_level_root() -> Path:
+    """The folder holding ``datasets/`` and ``search_spaces/``: the checkout, else the packaged ``conf/``."""
+    return REPO_ROOT if _in_checkout() else CONF_DIR
 
 
 class ConfigError(ValueError):
@@ -29,7 +48,9 @@ class ConfigError(ValueError):
 
 def group_dir(group: str) -> Path:
     """The folder of a config group (``backbone``, ``policy``, ``datasets``, ``search_spaces``)."""
-    return CONF_DIR / group if group in _PACKAGE_GROUPS else REPO_ROOT / group
+    if group in _TOP_LEVEL_GROUPS:
+        return _top_level_root() / group
+    return CONF_DIR / group
 
 
 def group_options(group: str) -> list[str]:
@@ -48,7 +69,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose ``pipeline/conf/config.yaml`` with ``overrides`` (Hydra ``key=value`` strings)."""
     overrides = list(overrides or [])
     _check_group_choice(overrides)
-    search_path = f"hydra.searchpath=[file://{REPO_ROOT}]"
+    search_path = f"hydra.searchpath=[file://{_top_level_root()}]"
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
             cfg = compose("config", overrides=[search_path, *overrides])

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DiskFullError", "atomic_write", "atomic_write_text"]
+__all__ = ["DiskFullError", "atomic_write", "atomic_write_text", "default_cache_dir"]
 
 
 class DiskFullError(OSError):
@@ -53,3 +53,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def default_cache_dir() -> Path:
+    """Where the pipeline keeps what it can rebuild (built-in data, decoded images, reference scores).
+
+    ``$BILD_CACHE``, else ``~/.cache/bild-dehaze``. Each node of a cluster has its own.
+    """
+    return Path(os.environ.get("BILD_CACHE") or Path.home() / ".cache" / "bild-dehaze")

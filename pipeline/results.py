@@ -74,6 +74,7 @@ STEP_METRICS = (
     "ms_val_grad",
     "ms_reward",
     "ms_outer",
+    "ms_data",  # waiting for the step's crops (read and cut by the loader workers)
 )
 TRIAL_STATUSES = ("RUNNING", "TERMINATED", "STOPPED", "ERROR", "NONFINITE")
 

@@ -1,7 +1,7 @@
 """The training engine: one run (plain, bild or bild-train) of one backbone, without Ray.
 
-:class:`Trainer` owns a run: the data splits, both networks, both optimisers and the crop
-random state. :func:`train` drives it epoch by epoch into a run folder, as
+:class:`Trainer` owns a run: the data splits, both networks, both optimisers, the crop
+random state and the processes that read the crops (``pipeline.data.loader``). :func:`train` drives it epoch by epoch into a run folder, as
 ``python -m pipeline.train`` does; the Ray Tune trainable (``pipeline.tune.trainable``)
 drives the same class one epoch per report.
 """
@@ -26,12 +26,26 @@ from .backbones import backbone_kwargs, build_from_kwargs
 from .bild import AlignmentFn, BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
 from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, resumed_config, save_checkpoint
 from .config import ConfigError
-from .data import CropSampler, PairStore, load_dataset, rotation_folds, split_by_scene, split_train_val
+from .data import (
+    CropLoader,
+    CropSampler,
+    PairIndex,
+    StepSpec,
+    crops_to_tensor,
+    decoded_cache_dir,
+    load_dataset,
+    rotation_folds,
+    select_subset,
+    split_by_scene,
+    split_train_val,
+)
+from .data.loader import StepCrops
 from .evaluation.inference import resolve_device, score_pairs, set_threads
+from .evaluation.references import hazy_reference
 from .files import atomic_write_text
 
 __all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "bild_config", "check_training_config",
-           "check_value", "format_epoch", "load_store", "train"]
+           "check_value", "format_epoch", "load_index", "train"]
 
 StepCallback = Callable[[CropBatch, StepStats], None]
 STEP_STATS = ("loss", "crop_loss", "val_loss", "reward_mean", "reward_std", "align_mean", "weight_entropy", "ess", "max_weight")
@@ -77,10 +91,11 @@ def check_training_config(cfg: DictConfig) -> None:
                           "drive the outer loop; expected a fraction in (0, 1), or --mode bild-train or plain")
 
 
-def load_store(cfg: DictConfig) -> PairStore:
-    """Decode the configured dataset once (the container trials share)."""
+def load_index(cfg: DictConfig) -> PairIndex:
+    """Index the configured dataset (what trials share); no pixel is decoded."""
     ds = cfg.dataset
-    return load_dataset(ds.layout, ds.root, skip_bad=ds.skip_bad, max_side=ds.max_side)
+    return load_dataset(ds.layout, ds.root, skip_bad=ds.skip_bad, max_side=ds.max_side,
+                        decoded_cache=decoded_cache_dir(ds.decoded_cache))
 
 
 def bild_config(cfg: DictConfig) -> BildConfig:
@@ -101,13 +116,13 @@ def bild_config(cfg: DictConfig) -> BildConfig:
 
 
 class Trainer:
-    """One training run: build from a config (and optionally a shared store), step, evaluate, save."""
+    """One training run: build from a config (and optionally a shared index), step, evaluate, save."""
 
     def __init__(
-        self, cfg: DictConfig, store: PairStore | None = None, *, train_pairs: list[int] | None = None,
+        self, cfg: DictConfig, index: PairIndex | None = None, *, train_pairs: list[int] | None = None,
         alignment: AlignmentFn | None = None,
     ) -> None:
-        """Build the run from ``cfg``, reading the dataset unless a ``store`` is shared in.
+        """Build the run from ``cfg``, indexing the dataset unless an ``index`` is shared in.
 
         Two extension points for studies of the method: ``train_pairs`` replaces the mode's
         training split with these pool pairs (an ablation on a chosen subset), and
@@ -118,13 +133,15 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.bild_cfg = bild_config(cfg)  # validates mode, estimator, ... before any work
-        self.store = store if store is not None else load_store(cfg)
+        self.index = index if index is not None else load_index(cfg)
         ds, tr = cfg.dataset, cfg.train
         self.splits = split_by_scene(
-            self.store, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction, seed=ds.split_seed
+            self.index, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction, seed=ds.split_seed
         )
+        # The per-epoch metric's images: a fixed, scene-stratified part of the selection set.
+        self.select_scored = select_subset(self.index, self.splits.select, ds.select_images, ds.split_seed)
         # Cross-fitting (bild mode): the validation fold rotates with the epoch (``_rotate``).
-        self.folds = (rotation_folds(self.store, self.splits.train_pool, tr.val_fraction, cfg.seed)
+        self.folds = (rotation_folds(self.index, self.splits.train_pool, tr.val_fraction, cfg.seed)
                       if tr.val_rotation and cfg.mode == "bild" else None)
         if self.folds is not None and train_pairs is not None:
             raise ValueError("train_pairs fixes the training split; it cannot go with train.val_rotation=true")
@@ -145,6 +162,7 @@ class Trainer:
         self._samplers()
         # Warm-up: the first train.bild_warmup_steps steps are plain steps (w = 1, the reweighter untouched).
         self.warmup_cfg = dataclasses.replace(self.bild_cfg, mode="plain")
+        self._loader: CropLoader | None = None  # started with the first epoch
         self.alignment = alignment
         self.rng = np.random.default_rng(cfg.seed)
         self.epoch = 0
@@ -152,8 +170,8 @@ class Trainer:
 
     def _samplers(self) -> None:
         ds = self.cfg.dataset
-        self.train_crops = CropSampler(self.store, self.train_idx, ds.crop, flips=ds.flips)
-        self.val_crops = CropSampler(self.store, self.val_idx, ds.crop) if self.val_idx else None
+        self.train_crops = CropSampler(self.index, self.train_idx, ds.crop, flips=ds.flips)
+        self.val_crops = CropSampler(self.index, self.val_idx, ds.crop) if self.val_idx else None
 
     def _fold_split(self, epoch: int) -> tuple[list[int], list[int]]:
         """(train, val) of an epoch when rotating: fold (epoch mod k) held out, the others trained on.
@@ -172,19 +190,34 @@ class Trainer:
         if self.folds is not None:
             return self._fold_split(0)
         if self.cfg.mode == "bild":
-            return split_train_val(self.store, pool, val_fraction, self.cfg.seed)
+            return split_train_val(self.index, pool, val_fraction, self.cfg.seed)
         if self.cfg.mode == "bild-train":  # the ablation: the outer loop reads training crops
             return pool, pool
         return pool, []
 
-    def _batch(self) -> CropBatch:
+    def _draw_step(self) -> StepSpec:
+        """One step's crops from ``self.rng``: the training batch first, then the validation batch."""
         tr = self.cfg.train
-        pairs, hazy, clear = self.train_crops.sample_with_pairs(tr.batch_size, self.rng)
-        batch = CropBatch(hazy.to(self.device), clear.to(self.device), pairs=pairs)
-        if self.val_crops is not None:
-            val_hazy, val_clear = self.val_crops.sample(tr.val_batch_size, self.rng)
-            batch.val_hazy, batch.val_clear = val_hazy.to(self.device), val_clear.to(self.device)
-        if tr.channels_last:
+        train = self.train_crops.draw(tr.batch_size, self.rng)
+        return StepSpec(train, self.val_crops.draw(tr.val_batch_size, self.rng) if self.val_crops else None)
+
+    def _crop_loader(self) -> CropLoader:
+        if self._loader is None:
+            self._loader = CropLoader(self.index, self.cfg.dataset.crop, workers=self.cfg.train.loader_workers,
+                                      pin_memory=self.device.type == "cuda")
+        return self._loader
+
+    def close(self) -> None:
+        """Stop the crop-reading worker processes (a later epoch starts them again)."""
+        self._loader = None  # the DataLoader's persistent workers end with it
+
+    def _batch(self, step: StepSpec, crops: StepCrops) -> CropBatch:
+        # uint8 crops cross to the device (non-blocking from pinned memory) and become float there.
+        hazy, clear, val_hazy, val_clear = (
+            None if t is None else crops_to_tensor(t.to(self.device, non_blocking=True)) for t in crops
+        )
+        batch = CropBatch(hazy, clear, val_hazy, val_clear, pairs=step.train.pairs.tolist())
+        if self.cfg.train.channels_last:
             for name in ("hazy", "clear", "val_hazy", "val_clear"):
                 value = getattr(batch, name)
                 if value is not None:
@@ -202,14 +235,22 @@ class Trainer:
         if self.folds is not None:
             self._rotate()
         steps, warmup = self.cfg.train.steps_per_epoch, self.cfg.train.bild_warmup_steps
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {"ms_data": 0.0}
         counts = dict.fromkeys(STEP_STATS, 0)
         start = time.perf_counter()
+        # Every crop of the epoch is drawn now, in the order steps consume them, so the generator
+        # ends the epoch where cutting the crops one step at a time would leave it; the workers
+        # only read and cut.
+        plan = [self._draw_step() for _ in range(steps)]
+        crops = self._crop_loader().crops(plan)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}", leave=False, disable=not progress)
-        for _ in bar:
+        for k in bar:
+            waited = time.perf_counter()
+            item = next(crops)
+            sums["ms_data"] += 1000 * (time.perf_counter() - waited)
             step_cfg = self.warmup_cfg if self.step < warmup else self.bild_cfg
             try:
-                batch = self._batch()
+                batch = self._batch(plan[k], item)
                 stats = bild_step(batch, self.nets, step_cfg, alignment=self.alignment)
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"epoch {self.epoch + 1}, step {self.step + 1}: {err}") from err
@@ -231,16 +272,24 @@ class Trainer:
         return metrics
 
     def evaluate(self, split: str = "select") -> dict[str, float]:
-        """Mean PSNR/SSIM of the backbone on whole images of the ``select`` or ``test`` set."""
-        indices = {"select": self.splits.select, "test": self.splits.test}[split]
+        """Mean PSNR/SSIM of the backbone on whole images, one image read at a time.
+
+        ``select``: the fixed subset of the selection set the search ranks by
+        (``dataset.select_images`` of them); ``test``: the whole test set.
+        """
+        indices = {"select": self.select_scored, "test": self.splits.test}[split]
         self.backbone.eval()
-        scores = score_pairs(self.backbone, self.store, indices, self.device, max_side=self.cfg.dataset.eval_max_side)
-        return {f"{split}_psnr": float(np.mean(scores["psnr"])), f"{split}_ssim": float(np.mean(scores["ssim"]))}
+        start = time.perf_counter()
+        scores = score_pairs(self.backbone, self.index, indices, self.device, max_side=self.cfg.dataset.eval_max_side)
+        return {f"{split}_psnr": float(np.mean(scores["psnr"])), f"{split}_ssim": float(np.mean(scores["ssim"])),
+                "eval_seconds": time.perf_counter() - start}
 
     def hazy_reference(self) -> dict[str, float]:
-        """The hazy input's own PSNR/SSIM on the selection set: the bar a dehazer must clear."""
-        scores = score_pairs(None, self.store, self.splits.select, self.device, max_side=self.cfg.dataset.eval_max_side)
-        return {"hazy_psnr": float(np.mean(scores["psnr"])), "hazy_ssim": float(np.mean(scores["ssim"]))}
+        """The hazy input's own PSNR/SSIM on the scored selection images: the bar a dehazer must clear.
+
+        Computed once per dataset and kept in the node's cache (pipeline.evaluation.references).
+        """
+        return hazy_reference(self.index, self.select_scored, self.device, max_side=self.cfg.dataset.eval_max_side)
 
     def state_dict(self) -> dict[str, Any]:
         nets = self.nets
@@ -263,7 +312,8 @@ class Trainer:
                 "outer": nets.outer_opt.state_dict() if nets.outer_opt else None,
             },
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
-            "data": {"name": self.store.name, "layout": self.store.layout, "splits": vars(self.splits)},
+            "data": {"name": self.index.name, "layout": self.index.layout, "fingerprint": self.index.fingerprint,
+                     "splits": vars(self.splits), "select_scored": self.select_scored},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -294,17 +344,33 @@ def format_epoch(epoch: int, total: int, metrics: dict[str, float]) -> str:
     return line + f"  ({metrics['epoch_seconds']:.1f} s)"
 
 
-def train(cfg: DictConfig, *, resume: bool = False, store: PairStore | None = None) -> dict[str, Any]:
-    """Train for ``train.epochs`` epochs, checkpointing each one into ``run_dir``; return the last metrics."""
+def process_seconds() -> float:
+    """Seconds since this process started (Linux); elsewhere, since this module was imported."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
+def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = None) -> dict[str, Any]:
+    """Train for ``train.epochs`` epochs, checkpointing each one into ``run_dir``; return the last metrics.
+
+    Each epoch's metrics go to ``run_dir/metrics.jsonl``; the first epoch this process trains
+    also carries ``first_step_s``, the seconds from the process start to the end of its first step.
+    """
     run_dir = Path(cfg.run_dir)
     ckpt = run_dir / "checkpoint.pt"
-    set_threads(cfg.threads)
     if resume:
         if not ckpt.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; start without --resume")
         state = load_checkpoint(ckpt)
         cfg = resumed_config(cfg, state["config"])
-    trainer = Trainer(cfg, store)
+    set_threads(cfg.threads, reserve=cfg.train.loader_workers)
+    trainer = Trainer(cfg, index)
     if resume:
         trainer.load_state_dict(state)
         print(f"resumed {ckpt} at epoch {trainer.epoch}")
@@ -315,17 +381,27 @@ def train(cfg: DictConfig, *, resume: bool = False, store: PairStore | None = No
     ref = trainer.hazy_reference()
     print(
         f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device}: "
-        f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / {len(trainer.splits.select)} select pairs; "
-        f"hazy input PSNR {ref['hazy_psnr']:.2f} dB"
+        f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / {len(trainer.splits.select)} select pairs "
+        f"({len(trainer.select_scored)} scored each epoch); hazy input PSNR {ref['hazy_psnr']:.2f} dB"
     )
     metrics: dict[str, Any] = {"epoch": trainer.epoch, **ref}
-    while trainer.epoch < cfg.train.epochs:
-        metrics = {**trainer.train_epoch(progress=cfg.progress), **trainer.evaluate("select"), **ref}
-        metrics["epoch"] = trainer.epoch
-        trainer.save(ckpt, metrics=metrics)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        print(format_epoch(trainer.epoch, cfg.train.epochs, metrics), flush=True)
+    first_step: list[float] = []
+
+    def note_first_step(batch: CropBatch, stats: StepStats) -> None:
+        if not first_step:
+            first_step.append(process_seconds())
+
+    try:
+        while trainer.epoch < cfg.train.epochs:
+            noted = bool(first_step)
+            epoch = trainer.train_epoch(progress=cfg.progress, on_step=None if noted else note_first_step)
+            metrics = {**epoch, **trainer.evaluate("select"), **ref, "epoch": trainer.epoch}
+            if not noted:
+                metrics["first_step_s"] = first_step[0]
+            trainer.save(ckpt, metrics=metrics)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            print(format_epoch(trainer.epoch, cfg.train.epochs, metrics), flush=True)
+    finally:
+        trainer.close()
     return metrics
-
-

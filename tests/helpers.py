@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import compose_config
-from pipeline.data import PairStore
+from pipeline.data import PairIndex
 from pipeline.results import STEP_METRICS, write_epoch_row, write_trial_row
-from pipeline.trainer import Trainer, load_store
+from pipeline.trainer import Trainer, load_index
 
 EPOCHS = 2
 TINY = ["train.epochs=2", "train.steps_per_epoch=3", "dataset.crop=32", "backbone=aodnet",
@@ -48,11 +48,11 @@ def _identity(experiment: str, trial_id: str, cfg: Any) -> dict[str, Any]:
     }
 
 
-def run_trial(run_dir: Path, trial_id: str, cfg: Any, store: PairStore) -> dict[str, Any]:
+def run_trial(run_dir: Path, trial_id: str, cfg: Any, index: PairIndex) -> dict[str, Any]:
     """Train EPOCHS epochs, checkpoint and report each; write the trial row; return it."""
     experiment, trial_dir = run_dir.name, run_dir / trial_id
     ident = _identity(experiment, trial_id, cfg)
-    trainer, start = Trainer(cfg, store), time.perf_counter()
+    trainer, start = Trainer(cfg, index), time.perf_counter()
     hazy = trainer.hazy_reference()["hazy_psnr"]
     best: dict[str, Any] = {"select_psnr": -math.inf}
     for _ in range(EPOCHS):
@@ -66,6 +66,7 @@ def run_trial(run_dir: Path, trial_id: str, cfg: Any, store: PairStore) -> dict[
         write_epoch_row(run_dir, row)
         if metrics["select_psnr"] > best["select_psnr"]:
             best = {**metrics, "epoch": trainer.epoch, "checkpoint": str(ckpt)}
+    trainer.close()
     trial = {**ident, "status": "TERMINATED", "error": None, "epochs": trainer.epoch, "best_epoch": best["epoch"],
              "best_select_psnr": best["select_psnr"], "best_select_ssim": best["select_ssim"],
              "last_select_psnr": metrics["select_psnr"], "last_select_ssim": metrics["select_ssim"],
@@ -78,9 +79,9 @@ def run_trial(run_dir: Path, trial_id: str, cfg: Any, store: PairStore) -> dict[
 def build_search_run(run_dir: Path) -> Path:
     """Five finished trials (2 plain, 3 bild) plus one that errored before its first epoch."""
     cfg = trial_config(*TRIALS[0][1:])  # plain: the errored trial below is one too
-    store = load_store(cfg)
+    index = load_index(cfg)
     for trial_id, *values in TRIALS:
-        run_trial(run_dir, trial_id, trial_config(*values), store)
+        run_trial(run_dir, trial_id, trial_config(*values), index)
     crashed = {**_identity(run_dir.name, "t5-error", cfg), "status": "ERROR", "error": "RuntimeError: boom",
                "epochs": 0, "trial_dir": str(run_dir / "t5-error"), "updated_at": datetime.now(timezone.utc)}
     write_trial_row(run_dir, crashed)

@@ -54,3 +54,21 @@ def test_bild_vs_plain_at_tiny_settings(tmp_path: Path) -> None:
     diff = (pairs["psnr"] - pairs["psnr_right"]).mean()
     row = next(line for line in table.splitlines() if line.startswith("| bild |"))
     assert row.split("|")[4].split("[")[0].strip() == f"{diff:+.3f}"
+
+
+def test_data_scale_runs_on_a_tiny_generated_folder(tmp_path: Path) -> None:
+    # The benchmark as documented, at N = 12 (6 scenes rendered twice) and 32 px crops.
+    script = SCRIPT.parent / "data_scale.py"
+    out = subprocess.run([sys.executable, str(script), "--sizes", "12", "--renderings", "2", "--crop", "32",
+                          "--steps", "2", "--epochs", "2", "--work", str(tmp_path), "--json"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    (row,) = json.loads(out)["rows"]
+    assert row["pairs"] == 12 and row["first_step_s"] > 0 and row["maxrss_mb"] > 0 and row["tree_rss_mb"] > 0
+    for epoch in ("epoch1", "epoch2"):
+        assert row[epoch]["steps_s"] > 0 and row[epoch]["data_s"] >= 0 and row[epoch]["eval_s"] > 0
+    from pipeline.data import detect_layout, read_index
+
+    index = read_index(tmp_path / "its-12")
+    assert detect_layout(tmp_path / "its-12") == "its" and len(index) == 12 and len(index.clear) == 6
+    assert index.size(0) == (460, 620)
+    assert list((tmp_path / "cache-12").rglob("*.npy")), "training read through the decoded cache"

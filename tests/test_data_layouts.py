@@ -1,4 +1,4 @@
-"""Native layouts: detection, reading, every bad-input error, skip_bad, and the inspect CLI."""
+"""Native layouts: detection, indexing, every bad-input error, skip_bad, and the inspect CLI."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pipeline.data import (
     UnreadableImageError,
     detect_layout,
     inspect_dataset,
-    read_pairs,
+    read_index,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,108 +56,115 @@ def test_layout_is_detected_and_read(make_dataset, layout: str) -> None:
     hazy_dir, clear_dir, hazy, clear, n_pairs, n_scenes, detected = CASES[layout]
     root = make_dataset(hazy, clear, hazy_dir=hazy_dir, clear_dir=clear_dir)
     assert detect_layout(root) == detected
-    store = read_pairs(root, layout)
-    assert (len(store), len(store.scene_ids()), len(store.clear)) == (n_pairs, n_scenes, len(clear))
-    assert store.layout == layout and store.name == "ds"
-    for i in range(len(store)):
-        for img in store.pair(i):
+    index = read_index(root, layout)
+    assert (len(index), len(index.scene_ids()), len(index.clear)) == (n_pairs, n_scenes, len(clear))
+    assert index.layout == layout and index.name == "ds"
+    for i in range(len(index)):
+        assert index.size(i) == (20, 24)
+        for img in index.pair(i):
             assert img.dtype == np.uint8 and img.shape == (20, 24, 3)
 
 
-def test_shared_clear_images_are_stored_once(make_dataset) -> None:
+def test_shared_clear_images_are_listed_once(make_dataset) -> None:
     root = make_dataset(["1400_1.png", "1400_2.png", "1401_1.png"], ["1400.png", "1401.png"])
-    store = read_pairs(root)
-    assert store.clear_of == [0, 0, 1] and store.scenes == ["1400", "1400", "1401"]
-    assert store.pair(0)[1] is store.pair(1)[1]
+    index = read_index(root)
+    assert index.clear_of.tolist() == [0, 0, 1] and index.scenes.tolist() == ["1400", "1400", "1401"]
+    assert index.clear.tolist() == ["clear/1400.png", "clear/1401.png"]
 
 
 def test_max_side_shrinks_both_images_of_a_pair(make_dataset) -> None:
     root = make_dataset(["01_hazy.png"], ["01_GT.png"], clear_dir="GT", size=(80, 40))
-    hazy, clear = read_pairs(root, max_side=20).pair(0)
-    assert hazy.shape == clear.shape == (10, 20, 3)
+    index = read_index(root, max_side=20)
+    hazy, clear = index.pair(0)
+    assert hazy.shape == clear.shape == (10, 20, 3) and index.size(0) == (10, 20)
 
 
 @pytest.mark.skipif(not (REALDATA / "sots_indoor").is_dir(), reason="no ../shared/realdata/sots_indoor")
 def test_real_sots_indoor() -> None:
     root = REALDATA / "sots_indoor"
     assert detect_layout(root) == "sots-indoor"
-    store = read_pairs(root, max_side=64)
-    assert (len(store), len(store.scene_ids()), len(store.clear)) == (250, 25, 25)
-    assert max(store.hazy[0].shape[:2]) == 64
+    index = read_index(root, max_side=64)
+    assert (len(index), len(index.scene_ids()), len(index.clear)) == (250, 25, 25)
+    assert max(index.size(0)) == 64 and index.pair(0)[0].shape[:2] == index.size(0)
 
 
 @pytest.mark.skipif(not (REALDATA / "o_haze").is_dir(), reason="no ../shared/realdata/o_haze")
 def test_real_o_haze() -> None:
     root = REALDATA / "o_haze"
     assert detect_layout(root) == "o-haze"
-    store = read_pairs(root, max_side=512)
-    assert len(store) == 3 and store.scene_ids() == ["27", "35", "41"]
-    assert all(max(h.shape[:2]) == 512 and h.shape == c.shape for h, c in map(store.pair, range(3)))
+    index = read_index(root, max_side=512)
+    assert len(index) == 3 and index.scene_ids() == ["27", "35", "41"]
+    assert all(max(h.shape[:2]) == 512 and h.shape == c.shape for h, c in map(index.pair, range(3)))
 
 
 # --- bad input: each error names the file or value and what was expected -----------------
 
 
 def test_corrupt_file(make_dataset) -> None:
-    root = make_dataset(["1400_1.png", "1400_2.png"], ["1400.png"])
+    root = make_dataset(["1400_1.png", "1400_2.png", "1401_1.png"], ["1400.png", "1401.png"])
+    (root / "hazy" / "1401_1.png").write_bytes(b"not an image")  # no header: found while indexing
+    with pytest.raises(UnreadableImageError, match="1401_1.png.*expected a PNG, JPEG or BMP"):
+        read_index(root)
+    (root / "hazy" / "1401_1.png").unlink()
     bad = root / "hazy" / "1400_2.png"
     bad.write_bytes(bad.read_bytes()[:60])  # truncated: the header parses, the pixels do not
+    index = read_index(root)  # indexing reads headers only ...
     with pytest.raises(UnreadableImageError, match="1400_2.png.*expected a PNG, JPEG or BMP"):
-        read_pairs(root)
+        index.pair(1)  # ... the first read of the pair names the file
 
 
 def test_hazy_without_ground_truth(make_dataset) -> None:
     root = make_dataset(["1400_1.png", "1401_1.png"], ["1400.png"])
     with pytest.raises(MissingGroundTruthError, match=r"1401_1.png.*scene '1401'.*expected .*1401"):
-        read_pairs(root)
+        read_index(root)
 
 
 def test_size_mismatch(make_dataset) -> None:
     root = make_dataset(["1400_1.png"], ["1400.png"])
     write_image(root / "clear" / "1400.png", size=(30, 20))
     with pytest.raises(SizeMismatchError, match=r"1400_1.png is 24x20 .*1400.png is 30x20"):
-        read_pairs(root)
+        read_index(root)
 
 
 def test_missing_and_empty_folders(make_dataset, tmp_path: Path) -> None:
     with pytest.raises(MissingFolderError, match="nowhere.*does not exist"):
-        read_pairs(tmp_path / "nowhere")
+        read_index(tmp_path / "nowhere")
     root = make_dataset(["a.png"], ["a.png"], clear_dir="targets")
     expected = r"no 'clear' or 'gt' subfolder.*'GT'.*found subfolders \['hazy', 'targets'\]"
     with pytest.raises(MissingFolderError, match=expected):
-        read_pairs(root)
+        read_index(root)
     (root / "targets").rename(root / "clear")
     (root / "hazy" / "a.png").unlink()
     with pytest.raises(MissingFolderError, match=r"hazy holds no images"):
-        read_pairs(root)
+        read_index(root)
 
 
 def test_unknown_layout_lists_the_valid_names(make_dataset) -> None:
     root = make_dataset(["a.png"], ["a.png"])
     with pytest.raises(UnknownLayoutError, match="unknown layout 'sots'.*sots-indoor.*generic"):
-        read_pairs(root, "sots")
+        read_index(root, "sots")
 
 
 def test_name_fitting_no_pattern(make_dataset) -> None:
     root = make_dataset(["1400_1.png", "notes.png"], ["1400.png"])
     with pytest.raises(UnmatchedFileError, match=r"notes.png.*sots-indoor.*expected hazy/<scene>_<k>.png"):
-        read_pairs(root, "sots-indoor")
+        read_index(root, "sots-indoor")
 
 
 def test_skip_bad_warns_once_and_keeps_the_rest(make_dataset) -> None:
     root = make_dataset(["1400_1.png", "1400_2.png", "1401_1.png", "1402_1.png"], ["1400.png", "1401.png"])
     (root / "hazy" / "1400_2.png").write_bytes(b"not an image")
     with pytest.warns(UserWarning, match=r"skipped 2 bad pair\(s\).*1402_1.png.*1400_2.png") as record:
-        store = read_pairs(root, skip_bad=True)
+        index = read_index(root, skip_bad=True)
     assert len(record) == 1
-    assert [Path(p).name for p in store.hazy_paths] == ["1400_1.png", "1401_1.png"]
+    assert [Path(p).name for p in index.hazy] == ["1400_1.png", "1401_1.png"]
 
 
 def test_skip_bad_raises_when_nothing_is_left(make_dataset) -> None:
     root = make_dataset(["1400_1.png"], ["1400.png"])
     (root / "clear" / "1400.png").write_bytes(b"")
     with pytest.raises(DataError, match="no usable pairs"):
-        read_pairs(root, skip_bad=True)
+        read_index(root, skip_bad=True)
 
 
 # --- inspect --------------------------------------------------------------------------------
@@ -207,3 +214,14 @@ def test_inspect_cli_usage_errors(make_dataset, tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["inspect", str(good), "--layout", "nope"])
     assert exit_info.value.code == 2 and "sots-indoor" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["pipeline.data", "pipeline.backbones"])
+def test_output_into_a_closed_pipe_ends_quietly(module: str, make_dataset) -> None:
+    # As `python -m MODULE ... | head -1` when head has gone: no BrokenPipeError traceback, exit 0.
+    args = ["inspect", str(make_dataset(["a.png"], ["a.png"])), "--json"] if module == "pipeline.data" else ["--json"]
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == ""

@@ -67,6 +67,7 @@ def test_evaluate_generated_folder(make_dataset: Callable[..., Path], model_dir:
     summary = capsys.readouterr().out
     assert all(name in summary for name in ("hazy", "dcp", "aodnet/v1"))
     rows = pl.read_parquet(out)
+    assert not (tmp_path / "rows" / "eval.parquet.parts").exists()  # merged into the file at the end
     assert rows.height == 9 and list(rows.columns) == list(scoring.ROW_SCHEMA)
     assert rows.group_by("method").len().sort("method")["len"].to_list() == [3, 3, 3]
     assert set(rows["scene"]) == {"1", "2"} and set(rows["height"]) == {40} and set(rows["width"]) == {48}
@@ -81,6 +82,76 @@ def test_evaluate_errors_name_the_problem(model_dir: Path, tmp_path: Path,
     assert "none" in capsys.readouterr().err
     assert evaluate.main(["--model", str(tmp_path / "nomodel"), "--dataset", "auto", "--data-root", "x"]) == 2
     assert "nomodel" in capsys.readouterr().err
+
+
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BILD_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_a_killed_evaluation_resumes_where_its_rows_end(make_dataset: Callable[..., Path], model_dir: Path,
+                                                        tmp_path: Path, own_cache: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_dataset([f"{s}_{k}.png" for s in (1, 2, 3) for k in (1, 2)], ["1.png", "2.png", "3.png"],
+                        size=(32, 24))
+    out = tmp_path / "eval.parquet"
+    monkeypatch.setattr(scoring, "PART_IMAGES", 2)
+    real, scored = scoring._score_image, []
+
+    def dies_at_the_fourth(index, i, *args):
+        if len(scored) == 3:
+            raise KeyboardInterrupt  # killed while scoring the fourth image: its part is never written
+        scored.append(i)
+        return real(index, i, *args)
+
+    monkeypatch.setattr(scoring, "_score_image", dies_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        scoring.evaluate(model_dir, "sots-indoor", root, device="cpu", out=out)
+    assert not out.exists() and len(list((tmp_path / "eval.parquet.parts").glob("part-*.parquet"))) == 1
+    monkeypatch.setattr(scoring, "_score_image", real)
+    counted = []
+    monkeypatch.setattr(scoring, "_score_image", lambda index, i, *a: counted.append(i) or real(index, i, *a))
+    rows = scoring.evaluate(model_dir, "sots-indoor", root, device="cpu", out=out)
+    assert counted == [2, 3, 4, 5]  # the first part's two images are not scored again
+    assert rows.height == 18 and pl.read_parquet(out).height == 18 and not (tmp_path / "eval.parquet.parts").exists()
+    assert rows.group_by("image").len()["len"].to_list() == [3] * 6
+
+
+def test_reference_rows_are_computed_once_per_dataset(make_dataset: Callable[..., Path], model_dir: Path,
+                                                      search_run: Path, own_cache: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_dataset(["1_1.png", "2_1.png"], ["1.png", "2.png"], size=(32, 24))
+    first = scoring.evaluate(model_dir, "sots-indoor", root, device="cpu")
+    assert len(list((own_cache).rglob("*.parquet"))) == 1
+
+    def no_dcp(image: np.ndarray) -> np.ndarray:
+        raise AssertionError("the DCP rows should come from the cache")
+
+    monkeypatch.setattr(scoring, "dark_channel_prior", no_dcp)
+    checkpoint = search_run / "t1-plain" / "checkpoint_000001" / "checkpoint.pt"
+    second = scoring.evaluate(checkpoint, "sots-indoor", root, device="cpu")
+    references = lambda rows: rows.filter(pl.col("method").is_in(["hazy", "dcp"])).sort("image", "method")  # noqa: E731
+    assert references(first).equals(references(second))
+    assert set(second["method"]) == {"hazy", "dcp", "aodnet@t1-plain:epoch2"}
+    write_image(root / "hazy" / "2_1.png", size=(32, 24), seed=5)  # the data changed: its references are new
+    with pytest.raises(AssertionError, match="from the cache"):
+        scoring.evaluate(checkpoint, "sots-indoor", root, device="cpu")
+
+
+def test_two_checkpoints_of_one_backbone_print_apart(make_dataset: Callable[..., Path], search_run: Path,
+                                                     tmp_path: Path, own_cache: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_dataset(["1_1.png", "2_1.png"], ["1.png", "2.png"], size=(32, 24))
+    out = tmp_path / "both.parquet"
+    for trial in ("t0-plain", "t2-bild"):
+        argv = ["--model", str(search_run / trial / "checkpoint_000001" / "checkpoint.pt"), "--dataset", "auto",
+                "--data-root", str(root), "--out", str(out), "--device", "cpu"]
+        assert evaluate.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "aodnet@t0-plain:epoch2" in printed and "aodnet@t2-bild:epoch2" in printed
+    rows = pl.read_parquet(out)  # one file gathers both models, with one hazy and one DCP row per image
+    assert rows.group_by("method").len().sort("method")["len"].to_list() == [2, 2, 2, 2]
 
 
 @pytest.mark.skipif(not (REALDATA / "sots_indoor").is_dir(), reason="../shared/realdata/sots_indoor absent")

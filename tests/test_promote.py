@@ -128,8 +128,8 @@ def test_skips_a_trial_whose_checkpoint_is_gone(search_run: Path, tmp_path: Path
 def test_refit_trains_a_bild_trial_on_every_pool_scene(search_run: Path, tmp_path: Path) -> None:
     trials = read_table([search_run], "trials").filter(pl.col("trial_id") == "t2-bild")
     state = load_checkpoint(search_run / trials["best_checkpoint_path"][0])
-    store, splits = rebuild_data(state)
-    record = refit_checkpoint(state, store, tmp_path / "refit" / "checkpoint.pt", "cpu")
+    index, splits, _ = rebuild_data(state)
+    record = refit_checkpoint(state, index, tmp_path / "refit" / "checkpoint.pt", "cpu")
     refit = load_checkpoint(record["checkpoint"])
     assert record["epochs"] == refit["epoch"] == state["epoch"] and record["mode"] == "bild" and record["val_rotation"]
     assert record["train_pool_pairs"] == len(splits.train_pool) and refit["config"]["train"]["val_rotation"]

@@ -35,9 +35,9 @@ def _generic_folder(root: Path, pairs: int) -> Path:
 
     from pipeline.data import load_builtin
 
-    store = load_builtin()
+    index = load_builtin()
     for i in range(pairs):
-        hazy, clear = store.pair(i)
+        hazy, clear = index.pair(i)
         ext = ".png" if i % 2 == 0 else ".JPG"  # mixed formats and case, as users' folders are
         for sub, image in (("hazy", hazy), ("clear", clear)):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def test_search_both_modes_writes_parquet_that_matches_ray(tmp_path: Path) -> No
     assert plain["alpha"].is_null().all() and plain["inner_lr"].is_not_null().all()
     # The guard rail is searched with bild (search_spaces/default.yaml) and gets its own column.
     assert plain["mix"].is_null().all() and trials.filter(pl.col("mode") == "bild")["mix"].is_between(0, 1).all()
-    assert epochs["store_shared"].all(), "trials must read the dataset from the object store"
+    assert epochs["store_shared"].all(), "trials must read the dataset index from the object store"
     assert epochs["select_psnr"].is_finite().all()
 
     # ... and on to a promoted model, its report, and dehazed photos, as a user would go.

@@ -90,7 +90,7 @@ def test_bad_input_gets_a_clear_error(argv: list[str], message: str, tmp_path: P
 
 def test_trainer_uses_scene_disjoint_train_and_validation(tmp_path: Path) -> None:
     trainer = Trainer(compose_config(["train.val_fraction=0.2", *SMALL]))
-    scenes = lambda idx: {trainer.store.scenes[i] for i in idx}  # noqa: E731
+    scenes = lambda idx: {str(trainer.index.scenes[i]) for i in idx}  # noqa: E731
     assert trainer.val_idx and not scenes(trainer.train_idx) & scenes(trainer.val_idx)
     held_out = scenes(trainer.splits.select) | scenes(trainer.splits.test)
     assert not (scenes(trainer.train_idx) | scenes(trainer.val_idx)) & held_out
@@ -100,7 +100,7 @@ def test_val_rotation_holds_out_one_fold_per_epoch_and_trains_on_every_scene() -
     cfg = compose_config(["train.val_rotation=true", "train.val_fraction=0.25", "train.steps_per_epoch=1",
                           "backbone.preset=tiny", *SMALL])
     trainer = Trainer(cfg)
-    scenes = lambda idx: {trainer.store.scenes[i] for i in idx}  # noqa: E731
+    scenes = lambda idx: {trainer.index.scenes[i] for i in idx}  # noqa: E731
     folds, pool = trainer.folds, trainer.splits.train_pool
     assert len(folds) == 4 and sorted(i for fold in folds for i in fold) == pool
     trained: set[int] = set()
@@ -150,7 +150,7 @@ def test_on_step_sees_each_batch_with_its_pairs_and_per_crop_stats() -> None:
     assert len(seen) == 3
     for batch, stats in seen:
         assert len(batch.pairs) == 5 and set(batch.pairs) <= set(trainer.train_idx)
-        first = trainer.store.pair(batch.pairs[0])[1]  # the clear image the first crop was cut from
+        first = trainer.index.pair(batch.pairs[0])[1]  # the clear image the first crop was cut from
         crop = (batch.clear[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         assert any(_contains(first[:, ::step], crop) for step in (1, -1))
         assert stats.crop_weights.shape == stats.crop_align.shape == (5,)
@@ -228,3 +228,17 @@ def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained
     old_cfg = OmegaConf.to_container(compose_config([]))  # as read back from a checkpoint
     del old_cfg["bild"]["regulariser"]
     assert bild_config(saved_config(old_cfg)).regulariser == "entropy"
+
+
+def test_default_threads_leave_a_cpu_per_loader_worker() -> None:
+    from pipeline.evaluation.inference import set_threads
+
+    previous = torch.get_num_threads()
+    try:
+        assert set_threads(None, reserve=2, cpus=2) == 1 == torch.get_num_threads()
+        assert set_threads(None, reserve=2, cpus=6) == 4 == torch.get_num_threads()
+        assert set_threads(3, reserve=2, cpus=2) == 3  # asked for: as asked
+        with pytest.raises(ValueError, match="threads=0"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(previous)

@@ -270,10 +270,10 @@ def paired_best(run_dirs: Sequence[str | os.PathLike], metric: str = "select_psn
     dev, scores, selects = resolve_device(device), {}, {}
     for mode, trial in best.items():
         state = load_checkpoint(trial["checkpoint"])
-        store, splits = rebuild_data(state)
+        index, splits, _ = rebuild_data(state)
         model, _ = load_model(trial["checkpoint"])
         selects[mode] = splits.select
-        scores[mode] = score_pairs(model.to(dev), store, splits.select, dev,
+        scores[mode] = score_pairs(model.to(dev), index, splits.select, dev,
                                    max_side=state["config"]["dataset"]["eval_max_side"])
     if selects["bild"] != selects[BASELINE_MODE]:
         raise ValueError("the best bild and plain trials were selected on different selection sets "

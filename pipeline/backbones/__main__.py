@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..cli import run_command
 from . import backbone_info, count_params, create_backbone, list_backbones, list_presets
 
 
@@ -65,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pattern", nargs="?", help="shell-style filter on names, e.g. 'ms*'")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     args = parser.parse_args(argv)
-    rows = registry_rows(args.pattern)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
-    return 0
+
+    def body() -> int:
+        rows = registry_rows(args.pattern)
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

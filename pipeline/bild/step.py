@@ -101,7 +101,7 @@ class CropBatch:
     clear: torch.Tensor  # (n,3,S,S)
     val_hazy: torch.Tensor | None = None  # (m,3,S,S)
     val_clear: torch.Tensor | None = None  # (m,3,S,S)
-    pairs: list[int] | None = None  # store index of each training crop's pair, when the caller knows it
+    pairs: list[int] | None = None  # dataset index of each training crop's pair, when the caller knows it
 
 
 @dataclass

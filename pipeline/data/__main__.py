@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ..cli import run_command
 from .errors import DataError
 from .inspect import format_report, inspect_dataset
 from .layouts import LAYOUTS
@@ -24,13 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
 
-    try:
+    def body() -> int:
         report = inspect_dataset(args.root, args.layout)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 1 if report["problems"] else 0
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        return 1 if report["problems"] else 0
+
+    return run_command(body, errors=(DataError,))
 
 
 if __name__ == "__main__":

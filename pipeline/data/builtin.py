@@ -15,16 +15,20 @@ ground-truth stereo disparity (depth proportional to 1/disparity); the other
 photos get a pseudo-depth (a vertical gradient, far at the top, plus a smooth
 random field). Depth is scaled to [0.5, 3].
 
-Generation is deterministic from `SEED` and takes about a second; the result is
-cached as `builtin-v{VERSION}.npz` under `$BILD_CACHE` (default
-`~/.cache/bild-dehaze/`). Bump `VERSION` whenever the recipe changes.
+Generation is deterministic from `SEED` and takes a few seconds; the tiles are written
+once as PNG files under `builtin-v{VERSION}/` in `$BILD_CACHE` (default
+`~/.cache/bild-dehaze/`): `hazy/<scene>_<k>.png` and `clear/<scene>.png`, and
+`pairs.json`, written last, lists the pairs in generation order. From then on the data is
+indexed and read like any folder (pipeline.data.index). The files get a fixed
+modification time, so the index's fingerprint is the same in every cache folder. Bump
+`VERSION` whenever the recipe changes.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
-import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +36,13 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data as skdata
 
-from .store import PairStore
+from ..files import atomic_write, atomic_write_text, default_cache_dir
+from .errors import DataError
+from .index import PairIndex, PairRef, index_pairs
 
 __all__ = ["load_builtin", "default_cache_dir", "VERSION"]
 
-VERSION = 1
+VERSION = 2  # 1 was an .npz of decoded arrays
 SEED = 2024
 TILE = 96
 SHORT_SIDE = 288  # 3 tiles high: 57 scenes, 114 pairs
@@ -45,11 +51,6 @@ DEPTH_RANGE = (0.5, 3.0)
 BETA0_RANGE = (0.2, 0.6)
 HAZE_FIELD_RANGE = (0.3, 1.7)
 AIRLIGHT_RANGE = (0.7, 1.0)
-
-
-def default_cache_dir() -> Path:
-    """`$BILD_CACHE`, else `~/.cache/bild-dehaze`."""
-    return Path(os.environ.get("BILD_CACHE") or Path.home() / ".cache" / "bild-dehaze")
 
 
 def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int = 4) -> np.ndarray:
@@ -108,60 +109,58 @@ def _haze(clear: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> np.
     return np.round(255 * (j * t + airlight * (1 - t))).astype(np.uint8)
 
 
-def _generate() -> dict[str, np.ndarray]:
+Tile = tuple[str, np.ndarray, list[np.ndarray]]  # (scene, clear tile, its hazy renderings)
+MANIFEST = "pairs.json"
+FILE_TIME_NS = 1_700_000_000 * 10**9  # every file's mtime: the fingerprint must not depend on when it was made
+
+
+def _tiles() -> Iterator[Tile]:
     rng = np.random.default_rng(SEED)
-    hazy, clear, clear_of, scenes, hazy_paths, clear_paths = [], [], [], [], [], []
     for name in PHOTOS:
         photo, depth = _resize_short_side(*_photo_and_depth(name, rng))
         rows, cols = photo.shape[0] // TILE, photo.shape[1] // TILE
         for r in range(rows):
             for c in range(cols):
                 window = (slice(r * TILE, (r + 1) * TILE), slice(c * TILE, (c + 1) * TILE))
-                scene = f"{name}_r{r}c{c}"
-                clear_paths.append(f"builtin:{scene}")
-                clear.append(photo[window])
-                for k in range(RENDERINGS):
-                    hazy.append(_haze(photo[window], depth[window], rng))
-                    clear_of.append(len(clear) - 1)
-                    scenes.append(scene)
-                    hazy_paths.append(f"builtin:{scene}/haze{k}")
-    return {
-        "hazy": np.stack(hazy), "clear": np.stack(clear), "clear_of": np.array(clear_of),
-        "scenes": np.array(scenes), "hazy_paths": np.array(hazy_paths), "clear_paths": np.array(clear_paths),
-    }
+                hazy = [_haze(photo[window], depth[window], rng) for _ in range(RENDERINGS)]
+                yield f"{name}_r{r}c{c}", photo[window], hazy
 
 
-def _to_store(arrays: dict[str, np.ndarray]) -> PairStore:
-    return PairStore(
-        hazy=list(arrays["hazy"]),
-        clear=list(arrays["clear"]),
-        clear_of=[int(i) for i in arrays["clear_of"]],
-        scenes=[str(s) for s in arrays["scenes"]],
-        hazy_paths=[str(s) for s in arrays["hazy_paths"]],
-        clear_paths=[str(s) for s in arrays["clear_paths"]],
-        name="builtin",
-        layout="builtin",
-    )
+def _write_png(path: Path, image: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    os.utime(path, ns=(FILE_TIME_NS, FILE_TIME_NS))
 
 
-def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # Write to a temporary name and rename, so trials starting together never read half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is for every user of the machine
-    os.replace(tmp, path)
+def _generate(folder: Path) -> None:
+    """Write every tile into ``folder``, then the manifest that marks the folder complete."""
+    pairs = []
+    for scene, clear, hazy in _tiles():
+        _write_png(folder / "clear" / f"{scene}.png", clear)
+        for k, image in enumerate(hazy):
+            _write_png(folder / "hazy" / f"{scene}_{k}.png", image)
+            pairs.append([f"hazy/{scene}_{k}.png", f"clear/{scene}.png", scene])
+    atomic_write_text(folder / MANIFEST, json.dumps(pairs))
 
 
-def load_builtin(cache_dir: str | Path | None = None) -> PairStore:
-    """The built-in dataset, generated on first use and then read from `cache_dir` (default `default_cache_dir()`)."""
-    path = Path(cache_dir or default_cache_dir()) / f"builtin-v{VERSION}.npz"
+def _index(folder: Path, cache_dir: str | None) -> PairIndex:
+    """The index of a complete folder, in generation order; DataError when a file is missing or damaged."""
+    pairs = json.loads((folder / MANIFEST).read_text())
+    refs = [PairRef(folder / hazy, folder / clear, scene) for hazy, clear, scene in pairs]
+    index, problems = index_pairs(folder, refs, name="builtin", layout="builtin", cache_dir=cache_dir)
+    if problems or index is None:
+        raise problems[0]
+    return index
+
+
+def load_builtin(cache_dir: str | Path | None = None, *, decoded_cache: str | None = None) -> PairIndex:
+    """The built-in dataset's index, its files generated on first use under ``cache_dir`` (default `default_cache_dir()`).
+
+    ``decoded_cache`` is the decoded-image cache the index reads through (pipeline.data.decoded).
+    """
+    folder = Path(cache_dir or default_cache_dir()) / f"builtin-v{VERSION}"
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return _to_store({key: npz[key] for key in npz.files})
-    except (FileNotFoundError, KeyError, ValueError, zipfile.BadZipFile):
-        pass  # absent or damaged cache: generate it again
-    arrays = _generate()
-    _save(path, arrays)
-    return _to_store(arrays)
+        return _index(folder, decoded_cache)
+    except (FileNotFoundError, ValueError, DataError):
+        pass  # absent or damaged: generate it again (json's errors are ValueErrors)
+    _generate(folder)
+    return _index(folder, decoded_cache)

@@ -1,18 +1,22 @@
-"""Decoding image files into uint8 HxWx3 RGB arrays, and shrinking them."""
+"""Decoding image files into uint8 HxWx3 RGB arrays, shrinking them, and their sizes from headers alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .errors import UnreadableImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "decode_image", "fit_max_side"]
+__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "decode_image", "header_size", "fitted_size", "fit_max_side"]
 
 # Compared lower-cased: benchmarks and phone photos ship ".JPG", ".Png" and the like.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# EXIF orientations that store the picture turned by 90 degrees: decode_image swaps its sides.
+_SIDEWAYS = (5, 6, 7, 8)
 
 
 def is_image_file(path: Path) -> bool:
@@ -51,10 +55,41 @@ def decode_image(path: Path) -> np.ndarray:
             return _to_rgb8(ImageOps.exif_transpose(im), path)
     except UnreadableImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except _UNREADABLE as err:
         raise UnreadableImageError(
             f"cannot decode {path}: {err}; expected a PNG, JPEG or BMP image"
         ) from err
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """(height, width) that `decode_image` will return, read from the file's header without decoding pixels.
+
+    The EXIF orientation counts as `decode_image` applies it. Only the metadata parsed with
+    the header is consulted (PIL's own PNG `getexif` would decode the whole file to look for
+    a late eXIf chunk): a tag found only after the pixels shows up as a size mismatch at the
+    first decode (`PairIndex` checks every decode against the index).
+    """
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = Image.Image.getexif(im).get(ExifTags.Base.Orientation, 1)
+    except _UNREADABLE as err:
+        raise UnreadableImageError(
+            f"cannot read the header of {path}: {err}; expected a PNG, JPEG or BMP image"
+        ) from err
+    return (w, h) if orientation in _SIDEWAYS else (h, w)
+
+
+def fitted_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) of an image of that size after `fit_max_side(img, max_side)`."""
+    if max_side is None:
+        return height, width
+    if max_side < 1:
+        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def fit_max_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
@@ -63,13 +98,7 @@ def fit_max_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
     The target size depends only on the input size, so a hazy image and its clear
     image of the same size shrink to the same size.
     """
-    if max_side is None:
+    h, w = fitted_size(*img.shape[:2], max_side)
+    if (h, w) == img.shape[:2]:
         return img
-    if max_side < 1:
-        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
-    h, w = img.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return img
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BOX))

@@ -1,4 +1,4 @@
-"""Native benchmark layouts: which files pair up, and reading a folder into a `PairStore`.
+"""Native benchmark layouts: which files pair up, and indexing a folder into a `PairIndex`.
 
 Each layout is data (a `Layout` row): a pattern for the hazy file stem with a
 `scene` group, and the stem of that scene's clear image. Every layout lives in a
@@ -28,7 +28,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -41,7 +40,7 @@ from .errors import (
     UnmatchedFileError,
 )
 from .images import IMAGE_EXTENSIONS, decode_image, fit_max_side, is_image_file
-from .store import PairStore
+from .index import PairIndex, PairRef, index_pairs
 
 __all__ = [
     "LAYOUTS",
@@ -53,7 +52,7 @@ __all__ = [
     "get_layout",
     "list_pairs",
     "load_pairs",
-    "read_pairs",
+    "read_index",
 ]
 
 _NUM = r"\d*\.?\d+"
@@ -102,14 +101,6 @@ LAYOUTS: tuple[str, ...] = tuple(_BY_NAME)
 
 _HAZY_DIRS = ("hazy",)
 _CLEAR_DIRS = ("clear", "gt")
-
-
-class PairRef(NamedTuple):
-    """One hazy file, its clear file and its scene id."""
-
-    hazy: Path
-    clear: Path
-    scene: str
 
 
 @dataclass
@@ -274,49 +265,31 @@ def load_pairs(pairs: list[PairRef], max_side: int | None = None) -> Iterator[Lo
         yield LoadedPair(ref, fit_max_side(hazy, max_side), fit_max_side(clear, max_side))
 
 
-def _to_store(loaded: list[LoadedPair], name: str, layout: str) -> PairStore:
-    clear_index: dict[Path, int] = {}
-    clear: list[np.ndarray] = []
-    for item in loaded:
-        if item.ref.clear not in clear_index:
-            clear_index[item.ref.clear] = len(clear)
-            clear.append(item.clear)
-    return PairStore(
-        hazy=[item.hazy for item in loaded],
-        clear=clear,
-        clear_of=[clear_index[item.ref.clear] for item in loaded],
-        scenes=[item.ref.scene for item in loaded],
-        hazy_paths=[str(item.ref.hazy) for item in loaded],
-        clear_paths=[str(p) for p in clear_index],
-        name=name,
-        layout=layout,
-    )
+def read_index(
+    root: str | Path, layout: str = "auto", *, skip_bad: bool = False, max_side: int | None = None,
+    cache_dir: str | None = None,
+) -> PairIndex:
+    """Index every pair of `root` from file names and headers, decoding no pixels.
 
-
-def read_pairs(
-    root: str | Path, layout: str = "auto", *, skip_bad: bool = False, max_side: int | None = None
-) -> PairStore:
-    """Decode every pair of `root` into a `PairStore`.
-
-    Raises the first `DataError` found, or with `skip_bad` leaves the bad pairs out
-    and warns once (raising if nothing is left). `max_side` shrinks large pairs.
+    Raises the first `DataError` found (a name fitting no pattern, a missing ground
+    truth, an unreadable header, a size mismatch), or with `skip_bad` leaves the bad pairs
+    out and warns once (raising if nothing is left). A file whose header reads but whose
+    pixels do not fails when the pair is first read; `python -m pipeline.data inspect`
+    decodes everything up front. `max_side` shrinks large pairs as they are read;
+    `cache_dir` is the decoded-image cache (pipeline.data.decoded).
     """
     listing = list_pairs(root, layout)
-    bad = list(listing.problems)
+    if listing.problems and not skip_bad:
+        raise listing.problems[0]
+    index, bad = index_pairs(listing.root, listing.pairs, name=listing.root.resolve().name, layout=listing.layout,
+                             max_side=max_side, cache_dir=cache_dir)
     if bad and not skip_bad:
         raise bad[0]
-    loaded: list[LoadedPair] = []
-    for item in load_pairs(listing.pairs, max_side):
-        if isinstance(item, DataError):
-            if not skip_bad:
-                raise item
-            bad.append(item)
-        else:
-            loaded.append(item)
-    if not loaded:
+    bad = [*listing.problems, *bad]
+    if index is None:
         raise DataError(f"no usable pairs in {listing.root}: all {len(bad)} hazy images were bad; first: {bad[0]}")
     if bad:
         shown = "; ".join(str(err) for err in bad[:3])
         warnings.warn(f"skipped {len(bad)} bad pair(s) in {listing.root}: {shown}{' ...' if len(bad) > 3 else ''}",
                       stacklevel=2)
-    return _to_store(loaded, listing.root.resolve().name, listing.layout)
+    return index

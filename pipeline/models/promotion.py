@@ -2,9 +2,10 @@
 
 The best trial is picked by the selection metric alone (never by test), among trials that
 finished (TERMINATED or STOPPED) and whose checkpoint still exists. Its checkpoint is then
-re-evaluated outside the search: on the fixed selection set (which must reproduce the
-value the search recorded) and, for the first time, on the fixed test set. Both sets are
-rebuilt from the checkpoint's own resolved config, and the result is written as
+re-evaluated outside the search: on the images of the selection set the search scored each
+epoch (``dataset.select_images`` of them, which must reproduce the value the search
+recorded), on the whole selection set, and, for the first time, on the fixed test set. The
+sets are rebuilt from the checkpoint's own resolved config, and the result is written as
 
     models/<backbone>/v<N>/model.safetensors  the backbone's weights alone (see pipeline.models.store)
     models/<backbone>/v<N>/card.json          architecture, config, metrics, source trial, data fingerprint, code version
@@ -38,7 +39,7 @@ import torch
 from .. import __version__
 from ..checkpoints import load_checkpoint
 from ..config import REPO_ROOT, saved_config
-from ..data import PairStore, Splits, load_dataset, split_by_scene
+from ..data import PairIndex, Splits, decoded_cache_dir, load_dataset, select_subset, split_by_scene
 from ..evaluation.inference import resolve_device, score_pairs
 from ..files import atomic_write_text
 from ..results import FINISHED, HYPERPARAMS, check_metric, read_table, searched_params, write_rows
@@ -124,11 +125,16 @@ def _dataset_root(root: str | None) -> str | None:
     return str(REPO_ROOT / root) if (REPO_ROOT / root).exists() else root
 
 
-def rebuild_data(state: dict[str, Any]) -> tuple[PairStore, Splits]:
-    """The dataset and its three fixed sets, from the checkpoint's config; refuses data that changed since."""
+def rebuild_data(state: dict[str, Any]) -> tuple[PairIndex, Splits, list[int]]:
+    """The dataset, its three fixed sets and the selection images scored each epoch, from the checkpoint's config.
+
+    Refuses data that changed since. Runs saved before ``dataset.select_images`` existed
+    scored the whole selection set.
+    """
     ds = state["config"]["dataset"]
-    store = load_dataset(ds["layout"], _dataset_root(ds["root"]), skip_bad=ds["skip_bad"], max_side=ds["max_side"])
-    splits = split_by_scene(store, select_fraction=ds["select_fraction"], test_fraction=ds["test_fraction"],
+    index = load_dataset(ds["layout"], _dataset_root(ds["root"]), skip_bad=ds["skip_bad"], max_side=ds["max_side"],
+                         decoded_cache=decoded_cache_dir(ds.get("decoded_cache", False)))
+    splits = split_by_scene(index, select_fraction=ds["select_fraction"], test_fraction=ds["test_fraction"],
                             seed=ds["split_seed"])
     recorded = state["data"]["splits"]
     for name in ("select", "test"):
@@ -137,13 +143,17 @@ def rebuild_data(state: dict[str, Any]) -> tuple[PairStore, Splits]:
                 f"the {name} set rebuilt from dataset {ds['name']!r} (layout {ds['layout']}, root {ds['root']}) "
                 "differs from the one the trial was trained with: the data changed since the search"
             )
-    return store, splits
+    scored = select_subset(index, splits.select, ds.get("select_images"), ds["split_seed"])
+    if scored != state["data"].get("select_scored", scored):
+        raise ValueError(f"the selection images rebuilt from dataset {ds['name']!r} differ from the ones the trial "
+                         "scored each epoch: the data changed since the search")
+    return index, splits, scored
 
 
-def _scores(model: torch.nn.Module, store: PairStore, indices: list[int], device: torch.device,
+def _scores(model: torch.nn.Module, index: PairIndex, indices: list[int], device: torch.device,
             max_side: int | None) -> dict[str, float]:
     # The same whole-image scoring as Trainer.evaluate, so the selection value can be compared.
-    scores = score_pairs(model, store, indices, device, max_side=max_side)
+    scores = score_pairs(model, index, indices, device, max_side=max_side)
     return {"psnr": sum(scores["psnr"]) / len(indices), "ssim": sum(scores["ssim"]) / len(indices),
             "images": len(indices)}
 
@@ -163,10 +173,10 @@ def _selection_check(trial: dict[str, Any], measured: dict[str, float]) -> dict[
 # --- refit ------------------------------------------------------------------------------------------
 
 
-def refit_checkpoint(state: dict[str, Any], store: PairStore, path: Path, device: str = "auto") -> dict[str, Any]:
+def refit_checkpoint(state: dict[str, Any], index: PairIndex, path: Path, device: str = "auto") -> dict[str, Any]:
     """Train ``state``'s configuration again on the whole train pool, for ``state['epoch']`` epochs, into ``path``.
 
-    Returns what the card records about it. The dataset ``store`` must be the one the trial
+    Returns what the card records about it. The dataset ``index`` must be the one the trial
     trained on (``rebuild_data`` checks that), so the train pool is the trial's.
     """
     # The only place promotion trains. The trainer is imported here, not at the top, because
@@ -178,7 +188,7 @@ def refit_checkpoint(state: dict[str, Any], store: PairStore, path: Path, device
     cfg.device, cfg.train.epochs = device, state["epoch"]
     if cfg.mode == "bild":  # cross-fitting: the validation fold rotates, so every pool scene is trained on
         cfg.train.val_rotation = True
-    trainer = Trainer(cfg, store)
+    trainer = Trainer(cfg, index)
     start = time.perf_counter()
     while trainer.epoch < cfg.train.epochs:
         trainer.train_epoch()
@@ -205,7 +215,9 @@ def _git_commit() -> str | None:
 
 
 def _index_row(card: dict[str, Any], folder: Path) -> dict[str, Any]:
-    source, sel, test = card["source"], card["selection"]["measured"], card["test"]
+    # Cards written before the per-epoch subset existed scored the whole selection set as "measured".
+    source, test = card["source"], card["test"]
+    sel = card["selection"].get("full", card["selection"]["measured"])
     return {
         "backbone": card["backbone"], "version": card["version"], "preset": card["preset"], "path": str(folder),
         "experiment": source["experiment"], "trial_id": source["trial_id"], "mode": card["config"]["mode"],
@@ -227,8 +239,8 @@ def write_index(models_dir: str | os.PathLike) -> Path:
     return write_rows(models_dir / "index.parquet", rows, INDEX_SCHEMA)
 
 
-def _provenance(trial: dict[str, Any], state: dict[str, Any], store: PairStore, check: dict[str, Any],
-                test: dict[str, float], metric: str, version: str, run_dir: Path,
+def _provenance(trial: dict[str, Any], state: dict[str, Any], index: PairIndex, check: dict[str, Any],
+                select: dict[str, float], test: dict[str, float], metric: str, version: str, run_dir: Path,
                 refit: dict[str, Any] | None) -> dict[str, Any]:
     """The card's fields beyond the architecture: where the model came from and how well it did."""
     cfg = state["config"]
@@ -236,13 +248,15 @@ def _provenance(trial: dict[str, Any], state: dict[str, Any], store: PairStore, 
         "version": version,
         "config": cfg,
         "hyperparameters": trial["hyperparameters"],
-        "selection": {"metric": metric, **check},
+        # "measured" re-scores the images the search scored each epoch (to compare like with
+        # like); "full" scores the whole selection set.
+        "selection": {"metric": metric, **check, "full": select},
         "test": test,
         "refit": refit,
         "source": {"run_dir": str(run_dir), "experiment": trial["experiment"], "trial_id": trial["trial_id"],
                    "status": trial["status"], "checkpoint": trial["checkpoint"], "epoch": trial["epoch"]},
         "data": {"name": cfg["dataset"]["name"], "layout": cfg["dataset"]["layout"], "root": cfg["dataset"]["root"],
-                 "pairs": len(store), "fingerprint": store.fingerprint()},
+                 "pairs": len(index), "fingerprint": index.fingerprint},
         "code": {"version": __version__, "git_commit": _git_commit()},
         "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -283,35 +297,37 @@ def promote(
     trial["epoch"] = state["epoch"]
     # Built exactly as a user will load it, so the numbers on the card are the promoted model's.
     model, _ = load_model(trial["checkpoint"])
-    store, splits = rebuild_data(state)
+    index, splits, scored = rebuild_data(state)
     dev = resolve_device(device)
     eval_side = state["config"]["dataset"]["eval_max_side"]
-    check = _selection_check(trial, _scores(model.to(dev), store, splits.select, dev, eval_side))
+    check = _selection_check(trial, _scores(model.to(dev), index, scored, dev, eval_side))
+    select = check["measured"] if scored == splits.select else _scores(model, index, splits.select, dev, eval_side)
     refitted = None
     if refit:
         path = run_dir / "refit" / trial["trial_id"] / "checkpoint.pt"
-        refitted = refit_checkpoint(state, store, path, device)
+        refitted = refit_checkpoint(state, index, path, device)
         state, (model, _) = load_checkpoint(path), load_model(path)
-    test = _scores(model.to(dev), store, splits.test, dev, eval_side)
+    test = _scores(model.to(dev), index, splits.test, dev, eval_side)
     folder = _reserve_version(Path(models_dir) / state["backbone"]["name"])
-    card = _write_version(folder, state, _provenance(trial, state, store, check, test, metric, folder.name, run_dir,
-                                                     refitted))
+    card = _write_version(folder, state, _provenance(trial, state, index, check, select, test, metric, folder.name,
+                                                     run_dir, refitted))
     return {**card, "path": str(folder)}
 
 
 def promotion_summary(card: dict[str, Any]) -> str:
     """What a promotion did, in three lines for the terminal."""
     src, sel, test = card["source"], card["selection"], card["test"]
-    rec, meas = sel["recorded"], sel["measured"]
+    rec, meas, full = sel["recorded"], sel["measured"], sel["full"]
     verdict = "matches the search" if sel["matches"] else "DOES NOT match the search"
     return "\n".join([
         f"promoted {src['experiment']}/{src['trial_id']} (mode {card['config']['mode']}, epoch {src['epoch']}, "
         f"best by {sel['metric']}) -> {card['path']}",
-        f"  selection ({meas['images']} images): PSNR {meas['psnr']:.3f} dB (search: {rec['psnr']:.3f}), "
-        f"SSIM {meas['ssim']:.4f} (search: {rec['ssim']:.4f}); {verdict}",
+        f"  selection, as scored each epoch ({meas['images']} images): PSNR {meas['psnr']:.3f} dB "
+        f"(search: {rec['psnr']:.3f}), SSIM {meas['ssim']:.4f} (search: {rec['ssim']:.4f}); {verdict}",
+        f"  selection, whole set ({full['images']} images): PSNR {full['psnr']:.3f} dB, SSIM {full['ssim']:.4f}",
         *([f"  refit: {card['refit']['mode']} on the whole train pool ({card['refit']['train_pool_pairs']} pairs"
            f"{', validation fold rotating' if card['refit']['val_rotation'] else ''}) for {card['refit']['epochs']} "
            f"epochs -> {card['refit']['checkpoint']}"] if card.get("refit") else []),
-        f"  test      ({test['images']} images): PSNR {test['psnr']:.3f} dB, SSIM {test['ssim']:.4f}"
+        f"  test ({test['images']} images): PSNR {test['psnr']:.3f} dB, SSIM {test['ssim']:.4f}"
         + (" (the refit model)" if card.get("refit") else ""),
     ])

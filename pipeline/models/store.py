@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -227,9 +228,17 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def model_label(meta: dict[str, Any]) -> str:
-    """A short name for tables: ``aodnet/v2`` for a promoted model, ``aodnet@epoch3`` for a checkpoint."""
+    """A short name for tables that tells two models of one backbone apart.
+
+    ``aodnet/v2`` for a promoted model; ``aodnet@<run>:epoch3`` for a training checkpoint,
+    where ``<run>`` is the folder of its run (``python -m pipeline.train``'s run_dir, or a
+    search trial's folder); ``aodnet@<folder>`` for a model file without a card.
+    """
     if "version" in meta:
         return f"{meta['backbone']}/{meta['version']}"
+    folder = Path(meta["source"]["checkpoint"]).resolve().parent
+    if re.fullmatch(r"checkpoint_\d+", folder.name):  # Ray Tune keeps <trial>/checkpoint_000004/checkpoint.pt
+        folder = folder.parent
     if "epoch" in meta:
-        return f"{meta['backbone']}@epoch{meta['epoch']}"
-    return str(meta["backbone"])
+        return f"{meta['backbone']}@{folder.name}:epoch{meta['epoch']}"
+    return f"{meta['backbone']}@{folder.name}"

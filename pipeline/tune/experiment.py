@@ -25,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..backbones import UnknownBackboneError, list_presets
 from ..config import ConfigError, compose_config, flatten, group_dir, saved_config
-from ..data import PairStore
+from ..data import PairIndex
 from ..files import atomic_write_text
 from ..studies import dashboard_command, study_journal, study_name
-from ..trainer import Trainer, load_store
+from ..trainer import Trainer, load_index
 from .runner import SearchInterrupted, SearchOptions, Trainable, run_search, start_ray
 from .space import SearchSpace, load_search_space, space_from_dict
 from .trainable import train_trial
@@ -169,7 +169,7 @@ def _check_resume_matches(req: SearchRequest, cfg: DictConfig, opts: SearchOptio
                            f"({opts.experiment_dir / 'config.yaml'}); start a new --name to change it")
 
 
-def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, SearchOptions]:
+def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairIndex, SearchOptions]:
     """Validate everything (config, space, data, crops) before Ray starts; resume a saved experiment."""
     _check_backbone(req)
     _check_numbers(req)
@@ -183,9 +183,9 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairStore, Sea
     else:
         cfg, space, opts = _new_experiment(req, name)
     opts.address, opts.dashboard_host = req.address, req.dashboard_host  # where to run may change
-    store = load_store(cfg)
-    Trainer(cfg, store)  # builds data splits, crops and networks once: a bad config fails before Ray
-    return cfg, space, store, opts
+    index = load_index(cfg)
+    Trainer(cfg, index)  # builds data splits, crops and networks once: a bad config fails before Ray
+    return cfg, space, index, opts
 
 
 @contextlib.contextmanager
@@ -229,7 +229,7 @@ def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> di
     An interrupted search (Ctrl-C, SIGTERM) raises :class:`SearchInterrupted` naming the command
     that continues it.
     """
-    cfg, space, store, opts = prepare(req)
+    cfg, space, index, opts = prepare(req)
     with experiment_lock(opts.experiment_dir):
         ray_info = start_ray(opts)
         print(f"Ray: {ray_info['ray']}", flush=True)
@@ -240,7 +240,7 @@ def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> di
         print(f"Optuna dashboard: {optuna_info['dashboard_command']}  (studies {', '.join(optuna_info['studies'])}; "
               "needs pip install optuna-dashboard)", flush=True)
         try:
-            summary = {**run_search(cfg, space, store, opts, trainable), "dashboard": ray_info,
+            summary = {**run_search(cfg, space, index, opts, trainable), "dashboard": ray_info,
                        "optuna": optuna_info}
         except SearchInterrupted as err:
             raise SearchInterrupted(f"{err}; continue with: python -m pipeline.search --name {opts.name} "

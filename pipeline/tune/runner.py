@@ -36,7 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 from optuna.trial import TrialState
 
 from ..config import ConfigError
-from ..data import PairStore
+from ..data import PairIndex
 from ..files import DiskFullError, atomic_write_text
 from ..results import FINISHED, HYPERPARAM_KEYS, read_rows, results_dir
 from ..studies import study_name, study_storage
@@ -47,7 +47,7 @@ from .trainable import train_trial, trial_dirname
 
 __all__ = ["SearchInterrupted", "SearchOptions", "Trainable", "check_resources", "start_ray", "run_search"]
 
-# What each trial runs: ``train_trial``'s signature (config, *, mode, base_cfg, space, store, settled).
+# What each trial runs: ``train_trial``'s signature (config, *, mode, base_cfg, space, index, trials_dir, settled).
 Trainable = Callable[..., None]
 # Trial statuses in the experiment's records: settled ones are never run again; failed ones are never best.
 SETTLED = (*FINISHED, "NONFINITE")
@@ -205,19 +205,19 @@ def _trial_rows(opts: SearchOptions, mode: str) -> list[dict[str, Any]]:
     return [r for r in read_rows(results_dir(opts.experiment_dir) / "trials") if r["mode"] == mode]
 
 
-def _trainable(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
+def _trainable(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.ObjectRef, opts: SearchOptions,
                fn: Trainable) -> Any:
     base = OmegaConf.to_container(cfg, resolve=True)
     settled = {r["trial_id"]: {"select_psnr": r["last_select_psnr"] or 0.0, "select_ssim": r["last_select_ssim"] or 0.0}
                for r in _trial_rows(opts, mode) if r["status"] in SETTLED}
-    with_data = tune.with_parameters(fn, mode=mode, base_cfg=base, space=space, store=store_ref,
+    with_data = tune.with_parameters(fn, mode=mode, base_cfg=base, space=space, index=index_ref,
                                      trials_dir=str(opts.experiment_dir / f"tune-{mode}"), settled=settled)
     return tune.with_resources(with_data, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
-def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, store_ref: ray.ObjectRef, opts: SearchOptions,
+def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.ObjectRef, opts: SearchOptions,
            fn: Trainable) -> tune.Tuner:
-    trainable = _trainable(mode, cfg, space, store_ref, opts, fn)
+    trainable = _trainable(mode, cfg, space, index_ref, opts, fn)
     path = opts.experiment_dir / f"tune-{mode}"
     restore_state_backup(path)
     if tune.Tuner.can_restore(str(path)):
@@ -308,7 +308,7 @@ def _interrupted(mode: str, opts: SearchOptions) -> bool:
     return len(rows) < opts.trials or any(r["status"] not in SETTLED + ("ERROR",) for r in rows)
 
 
-def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: SearchOptions,
+def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: SearchOptions,
                trainable: Trainable = train_trial) -> dict[str, Any]:
     """Run (or resume) the search for each mode; return a summary per mode and where things are.
 
@@ -318,14 +318,16 @@ def run_search(cfg: DictConfig, space: SearchSpace, store: PairStore, opts: Sear
     atomic_write_text(exp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(exp / "search.json", json.dumps(asdict(opts), indent=2))
     check_resources(opts)
-    store_ref = ray.put(store)  # one copy in the object store; trials on a node map it zero-copy
+    # The index (names, pairing, sizes; no pixels) goes into the object store once; trials on a
+    # node map that one copy zero-copy and read the pixels themselves.
+    index_ref = ray.put(index)
     previous = _forward_sigterm()
     controller_log = logging.getLogger("ray.tune.execution.tune_controller")
     if not any(isinstance(f, _OneLineTrialFailures) for f in controller_log.filters):
         controller_log.addFilter(_OneLineTrialFailures())
     try:
         for mode in opts.modes:  # --mode both stops as a whole: an interrupted half ends the search
-            grid = _fit(_tuner(mode, cfg, space, store_ref, opts, trainable), opts)
+            grid = _fit(_tuner(mode, cfg, space, index_ref, opts, trainable), opts)
             _fail_lost_study_trials(mode, grid, opts)
             _check_disk(mode, opts)
             if _interrupted(mode, opts):

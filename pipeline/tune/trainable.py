@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from omegaconf import OmegaConf
 from ray import tune
 
 from ..bild import NonFiniteLossError
 from ..checkpoints import CheckpointError, load_checkpoint
-from ..data import PairStore
+from ..data import PairIndex
+from ..evaluation.inference import set_threads
 from ..files import atomic_write_text
 from ..trainer import Trainer
 from .space import SearchSpace, apply_params
@@ -44,9 +44,9 @@ def checkpoint_dirname(epoch: int) -> str:
     return f"checkpoint_{epoch - 1:06d}"
 
 
-def _store_is_shared(store: PairStore) -> bool:
+def _index_is_shared(index: PairIndex) -> bool:
     """Arrays read zero-copy from Ray's object store are read-only views of the one shared copy."""
-    return not store.hazy[0].flags.writeable
+    return not index.sizes.flags.writeable
 
 
 def _newest_complete_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
@@ -83,13 +83,14 @@ def _save_epoch(trainer: Trainer, trial_dir: Path, metrics: dict[str, Any], metr
 
 
 def train_trial(
-    config: dict[str, Any], *, mode: str, base_cfg: dict[str, Any], space: SearchSpace, store: PairStore,
+    config: dict[str, Any], *, mode: str, base_cfg: dict[str, Any], space: SearchSpace, index: PairIndex,
     trials_dir: str, settled: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """Function trainable: ``config`` holds the sampled hyperparameters, ``mode`` the training mode.
 
-    ``store`` arrives through ``tune.with_parameters`` from the driver's single ``ray.put``:
-    a zero-copy, read-only view of the one copy in this node's object store. ``trials_dir`` is
+    ``index`` (the dataset's names, pairing and sizes) arrives through ``tune.with_parameters``
+    from the driver's single ``ray.put``: a zero-copy, read-only view of the one copy in this
+    node's object store; the trial reads the pixels itself. ``trials_dir`` is
     the shared folder holding the trial folders (``tune-<mode>/``): a trial resumes from the
     newest complete checkpoint in its own. ``settled`` maps the trials this experiment's own
     records already show as finished (ASHA stopped them, they ran out, their loss diverged)
@@ -104,9 +105,10 @@ def train_trial(
     OmegaConf.set_struct(cfg, False)
     cfg.mode = mode
     cfg = apply_params(cfg, config, space)
+    # The trial's own CPUs, shared by torch's threads and the crop loader workers.
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
-    torch.set_num_threads(cpus)
-    trainer = Trainer(cfg, store)
+    set_threads(None, reserve=cfg.train.loader_workers, cpus=cpus)
+    trainer = Trainer(cfg, index)
     trial_dir = Path(trials_dir) / trial_dirname(ctx.get_trial_id())
     state = _newest_complete_checkpoint(trial_dir)
     if state is not None:
@@ -115,10 +117,17 @@ def train_trial(
     context = {
         "device": str(trainer.device),
         "node_id": ray.get_runtime_context().get_node_id(),
-        "store_shared": _store_is_shared(store),
+        "store_shared": _index_is_shared(index),
         **trainer.hazy_reference(),
     }
-    while trainer.epoch < cfg.train.epochs:
+    try:
+        _run_epochs(trainer, trial_dir, context, space.metric)
+    finally:
+        trainer.close()
+
+
+def _run_epochs(trainer: Trainer, trial_dir: Path, context: dict[str, Any], metric: str) -> None:
+    while trainer.epoch < trainer.cfg.train.epochs:
         try:
             metrics = {**trainer.train_epoch(), **trainer.evaluate("select")}
         except NonFiniteLossError as err:
@@ -126,5 +135,5 @@ def train_trial(
                          "nonfinite": str(err), **context})
             return
         metrics.update(epoch=trainer.epoch, nonfinite="", **context)
-        path = _save_epoch(trainer, trial_dir, metrics, space.metric)
+        path = _save_epoch(trainer, trial_dir, metrics, metric)
         tune.report({**metrics, "checkpoint_path": str(path)})
