@@ -149,8 +149,10 @@ def test_nan_loss_ends_the_trial_not_the_search(tmp_path: Path) -> None:
     assert "NONFINITE" in trials["status"].to_list() and trials["status"].is_in(["NONFINITE", "STOPPED"]).all()
     nonfinite = trials.filter(pl.col("status") == "NONFINITE")
     assert nonfinite["error"].str.contains("loss is nan").all()
-    assert (nonfinite["best_epoch"] == 1).all()  # the last finite epoch's checkpoint stays the best
-    assert summary["modes"][0]["best"]["epoch"] == 1
+    assert (nonfinite["best_epoch"] == 1).all()  # the last finite epoch's checkpoint stays the trial's best
+    mode = summary["modes"][0]
+    assert mode["errors"] == nonfinite.height  # a diverged trial counts as failed ...
+    assert mode.get("best") is None or mode["best"]["trial_id"] not in set(nonfinite["trial_id"])  # ... never best
 
 
 def _read_until(proc: subprocess.Popen, needle: str, timeout: float) -> str:
