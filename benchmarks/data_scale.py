@@ -157,6 +157,8 @@ def train_row(data: Path, pairs: int, opts: argparse.Namespace, env: dict[str, s
            "--device", opts.device, "progress=false", f"train.loader_workers={opts.workers}"]
     if opts.threads:
         cmd += ["--threads", str(opts.threads)]
+    if opts.no_decoded_cache:
+        cmd.append("dataset.decoded_cache=false")
     measured = run_measured(cmd, env)
     if measured["returncode"] != 0:
         raise RuntimeError(f"training on N={pairs} failed:\n{measured['output']}")
@@ -220,6 +222,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="epoch 1 reads a cold decoded cache, later ones a warm one")
     p.add_argument("--workers", type=int, default=2, help="train.loader_workers")
     p.add_argument("--threads", type=int, default=None, help="--threads of the training run (default: its own)")
+    p.add_argument("--no-decoded-cache", action="store_true", help="decode every crop's files (dataset.decoded_cache=false)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--evaluate", action="store_true", help="also time pipeline.evaluate on SOTS-outdoor-sized pairs")
     p.add_argument("--eval-images", type=int, default=500)

@@ -378,13 +378,13 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    ref = trainer.hazy_reference()
     print(
         f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device}: "
         f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / {len(trainer.splits.select)} select pairs "
-        f"({len(trainer.select_scored)} scored each epoch); hazy input PSNR {ref['hazy_psnr']:.2f} dB"
+        f"({len(trainer.select_scored)} scored each epoch)", flush=True
     )
-    metrics: dict[str, Any] = {"epoch": trainer.epoch, **ref}
+    metrics: dict[str, Any] = {"epoch": trainer.epoch}
+    ref: dict[str, float] = {}
     first_step: list[float] = []
 
     def note_first_step(batch: CropBatch, stats: StepStats) -> None:
@@ -395,6 +395,9 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
         while trainer.epoch < cfg.train.epochs:
             noted = bool(first_step)
             epoch = trainer.train_epoch(progress=cfg.progress, on_step=None if noted else note_first_step)
+            if not ref:  # after the first steps, not before them: cold, it reads and scores every scored image
+                ref = trainer.hazy_reference()
+                print(f"hazy input PSNR {ref['hazy_psnr']:.2f} dB, SSIM {ref['hazy_ssim']:.4f}", flush=True)
             metrics = {**epoch, **trainer.evaluate("select"), **ref, "epoch": trainer.epoch}
             if not noted:
                 metrics["first_step_s"] = first_step[0]

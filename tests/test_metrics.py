@@ -10,6 +10,8 @@ import torch
 from skimage import data as skdata
 from skimage.metrics import structural_similarity
 
+from conftest import REALDATA
+from pipeline.evaluation import metrics
 from pipeline.evaluation.metrics import psnr, ssim
 
 
@@ -61,3 +63,33 @@ def test_shape_errors(metric) -> None:
 def test_ssim_needs_eleven_pixels() -> None:
     with pytest.raises(ValueError, match="at least 11x11.*got 10x20"):
         ssim(torch.rand(1, 3, 20, 10), torch.rand(1, 3, 20, 10))
+
+
+@pytest.mark.parametrize("fused_pixels", [metrics.SSIM_FUSED_PIXELS, 0], ids=["channels-together", "one-by-one"])
+def test_ssim_is_the_definition_of_pytorch_msssim(fused_pixels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytorch_msssim import ssim as reference
+
+    monkeypatch.setattr(metrics, "SSIM_FUSED_PIXELS", fused_pixels)
+    x = torch.rand(2, 3, 40, 57, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = (0.6 * x + 0.3 * torch.rand(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    expected = reference(x, y, data_range=1.0, size_average=False)
+    torch.testing.assert_close(ssim(x, y, dtype=torch.float64), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ssim(x, y), expected, atol=1e-5, rtol=0)
+
+
+def _real_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
+    """Hazy/clear pairs of real photographs: the built-in data (always), SOTS-indoor when it is there."""
+    from pipeline.data import load_builtin, read_index
+
+    builtin = load_builtin()
+    pairs = [builtin.pair(i) for i in range(0, len(builtin), 12)]
+    if (REALDATA / "sots_indoor").is_dir():
+        sots = read_index(REALDATA / "sots_indoor")
+        pairs += [sots.pair(i) for i in range(0, len(sots), 50)]
+    return pairs
+
+
+def test_float32_ssim_matches_float64_on_real_images() -> None:
+    for hazy, clear in _real_pairs():
+        x, y = _batch(hazy.astype(np.float32) / 255), _batch(clear.astype(np.float32) / 255)
+        assert abs(ssim(x, y).item() - ssim(x, y, dtype=torch.float64).item()) < 1e-4

@@ -152,3 +152,23 @@ def test_promote_refit_from_the_cli_records_it_on_the_card(search_run: Path, tmp
     x = torch.rand(1, 3, 24, 24)
     assert torch.equal(model(x), refit_model(x))  # the promoted model is the refit one
     assert pl.read_parquet(tmp_path / "index.parquet")["refit"].to_list() == [True]
+
+
+def test_the_check_rescores_the_epochs_subset_and_the_card_the_whole_set(tmp_path: Path) -> None:
+    # The search ranked trials on 5 of the 18 selection images; promotion must compare like with like.
+    from helpers import TINY, run_trial
+
+    from pipeline.config import compose_config
+    from pipeline.models.promotion import promotion_summary
+    from pipeline.trainer import load_index
+
+    cfg = compose_config([*TINY, "mode=plain", "dataset.select_images=5"])
+    run_trial(tmp_path / "subset", "s0", cfg, load_index(cfg))
+    card = promote(tmp_path / "subset", tmp_path / "models", device="cpu")
+    selection = card["selection"]
+    assert selection["matches"] and selection["measured"]["images"] == 5 and selection["full"]["images"] == 18
+    assert selection["measured"]["psnr"] == pytest.approx(selection["recorded"]["psnr"], abs=1e-6)
+    index = pl.read_parquet(tmp_path / "models" / "index.parquet")
+    assert index["select_psnr"][0] == selection["full"]["psnr"]  # the card's number is the whole set's
+    summary = promotion_summary(card)
+    assert "as scored each epoch (5 images)" in summary and "whole set (18 images)" in summary

@@ -118,7 +118,6 @@ def train_trial(
         "device": str(trainer.device),
         "node_id": ray.get_runtime_context().get_node_id(),
         "store_shared": _index_is_shared(index),
-        **trainer.hazy_reference(),
     }
     try:
         _run_epochs(trainer, trial_dir, context, space.metric)
@@ -129,7 +128,10 @@ def train_trial(
 def _run_epochs(trainer: Trainer, trial_dir: Path, context: dict[str, Any], metric: str) -> None:
     while trainer.epoch < trainer.cfg.train.epochs:
         try:
-            metrics = {**trainer.train_epoch(), **trainer.evaluate("select")}
+            metrics = trainer.train_epoch()
+            if "hazy_psnr" not in context:  # after the first steps, not before them (see pipeline.trainer.train)
+                context.update(trainer.hazy_reference())
+            metrics.update(trainer.evaluate("select"))
         except NonFiniteLossError as err:
             tune.report({"select_psnr": NONFINITE_PSNR, "select_ssim": 0.0, "epoch": trainer.epoch + 1,
                          "nonfinite": str(err), **context})
