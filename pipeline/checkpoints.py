@@ -53,7 +53,7 @@ def load_checkpoint(
 
     This is the project's only ``torch.load``. A file that needs more than tensors and plain
     containers to unpickle is refused with :class:`CheckpointError` naming it, followed by
-    ``advice``. ``trust=True`` unpickles with ``weights_only=False``, which RUNS whatever code the
+    ``advice``. ``trust=True`` unpickles without the weights-only guard, which RUNS whatever code the
     file holds: only the explicit ``python -m pipeline.models convert FILE --trust`` passes it.
     """
     path = Path(path)

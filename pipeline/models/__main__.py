@@ -3,7 +3,7 @@
     python -m pipeline.models convert models/ffanet/v2/model.pt
     python -m pipeline.models convert downloaded/model.pt --out models/ffanet/v9 --trust
 
---trust unpickles the file with weights_only=False, which RUNS any code it holds: give it
+--trust unpickles the file without torch's weights-only guard, which RUNS any code it holds: give it
 only for files from a source you trust (``pipeline.models.convert``).
 """
 
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("file", metavar="FILE", help="older model.pt (bild-model/1) or training checkpoint.pt")
     c.add_argument("--out", metavar="DIR", help="folder for model.safetensors and card.json (default: beside FILE)")
     c.add_argument("--trust", action="store_true",
-                   help="unpickle with weights_only=False: RUNS code from the file; only for files you trust")
+                   help="unpickle without the weights-only guard: RUNS code from the file; only for files you trust")
     return p
 
 

@@ -6,7 +6,7 @@
 Takes a promoted ``model.pt`` (``bild-model/1``) or a training ``checkpoint.pt`` (its backbone
 alone is kept). The file is read with the safe loader, which unpickles tensors and plain
 data only. A file that needs more is refused, unless ``trust`` (``--trust``) is given: then it
-is unpickled with ``weights_only=False``, which RUNS whatever code the file holds. Use it only
+is unpickled without torch's weights-only guard, which RUNS whatever code the file holds. Use it only
 on files from a source you trust; once converted, the model loads without unpickling.
 
 A card.json beside an old model.pt (its provenance: source trial, scores, config) is kept in
