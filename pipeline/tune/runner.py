@@ -1,5 +1,5 @@
 """Build and run one search: Ray (local with the dashboard, or an existing cluster), Optuna's
-TPE through Ray Tune's OptunaSearch, ASHA, per-trial resources, the shared dataset, Parquet
+TPE through Ray Tune's OptunaSearch, ASHA, per-trial resources, the shared dataset index, Parquet
 results, and resumption of an interrupted experiment.
 
 Experiment folder (``<storage>/<name>/``):
