@@ -72,12 +72,13 @@ def check_value(key: str, value: Any) -> None:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int and number and float(value).is_integer():
         value = int(value)
+    low_closed = kind is int or key in ("train.val_fraction", "bild.alpha")  # 0 allowed for these two
     fits = number and (kind is float or isinstance(value, int)) and math.isfinite(value)
-    fits = fits and (value >= low if kind is int or key in ("train.val_fraction", "bild.alpha") else value > low)
+    fits = fits and (value >= low if low_closed else value > low)
     fits = fits and (value <= high if closed else value < high)
     if not fits:
         top = f"{high:g}]" if closed else ("inf)" if math.isinf(high) else f"{high:g})")
-        bottom = "[" if kind is int or key in ("train.val_fraction", "bild.alpha") else "("
+        bottom = "[" if low_closed else "("
         what = "an integer" if kind is int else "a number"
         raise ConfigError(f"{key}={value!r}: expected {what} in {bottom}{low:g}, {top}")
 
