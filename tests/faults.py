@@ -1,7 +1,8 @@
 """Fault injection for the search tests: trainables that wrap the real one and break it on purpose.
 
 They live here, not in the package: the product never acts on a fault setting. Each factory
-returns a closure, which Ray pickles by value and runs in its real trial actors.
+returns a closure, which Ray runs in its real trial actors; this module is pickled by value with
+it, since the workers cannot import the tests folder.
 """
 
 from __future__ import annotations
@@ -9,55 +10,67 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from ray import tune
+from ray import cloudpickle, tune
 
 from pipeline.trainer import Trainer
 from pipeline.tune.trainable import train_trial
 
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-def _around_epoch(epoch: int, act: Callable[[Trainer, Path], None]) -> Callable[..., None]:
-    """The real trainable, with ``act(trainer, trial_dir)`` run before the trial's epoch ``epoch`` starts."""
+
+def _patched(method: str, act: Callable[[Trainer, Path], None], *, after: bool = False) -> Callable[..., None]:
+    """The real trainable, with ``act(trainer, trial_dir)`` run before (or after) each ``Trainer.<method>`` call."""
 
     def trial(config: dict[str, Any], **kwargs: Any) -> None:
         trial_dir = Path(tune.get_context().get_trial_dir())
-        original = Trainer.train_epoch
+        original = getattr(Trainer, method)
 
-        def train_epoch(self: Trainer, *args: Any, **kw: Any) -> dict[str, float]:
-            if self.epoch + 1 == epoch:
+        def wrapped(self: Trainer, *args: Any, **kw: Any) -> Any:
+            if not after:
                 act(self, trial_dir)
-            return original(self, *args, **kw)
+            out = original(self, *args, **kw)
+            if after:
+                act(self, trial_dir)
+            return out
 
-        Trainer.train_epoch = train_epoch  # actors are reused: put it back whatever happens
+        setattr(Trainer, method, wrapped)  # actors are reused: put it back whatever happens
         try:
             train_trial(config, **kwargs)
         finally:
-            Trainer.train_epoch = original
+            setattr(Trainer, method, original)
 
     return trial
 
 
+def _kill_once(trial_dir: Path) -> None:
+    marker = trial_dir / ".crashed_once"
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def dies_once_at_epoch(epoch: int) -> Callable[..., None]:
     """Each trial's actor is SIGKILLed once, as epoch ``epoch`` starts: a real crash mid-trial."""
+    return _patched("train_epoch", lambda trainer, trial_dir: trainer.epoch + 1 == epoch and _kill_once(trial_dir))
 
-    def kill_once(trainer: Trainer, trial_dir: Path) -> None:
-        marker = trial_dir / ".crashed_once"
-        if not marker.exists():
-            marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)
 
-    return _around_epoch(epoch, kill_once)
+def dies_once_after_saving_epoch(epoch: int) -> Callable[..., None]:
+    """Each trial's actor is SIGKILLed once, with epoch ``epoch`` checkpointed but not yet reported."""
+    return _patched("save", lambda trainer, trial_dir: trainer.epoch == epoch and _kill_once(trial_dir), after=True)
 
 
 def nan_at_epoch(epoch: int) -> Callable[..., None]:
     """A backbone weight becomes NaN as epoch ``epoch`` starts, so that epoch's loss is NaN."""
 
     def poison(trainer: Trainer, trial_dir: Path) -> None:
-        with torch.no_grad():
-            next(trainer.backbone.parameters()).fill_(math.nan)
+        if trainer.epoch + 1 == epoch:
+            with torch.no_grad():
+                next(trainer.backbone.parameters()).fill_(math.nan)
 
-    return _around_epoch(epoch, poison)
+    return _patched("train_epoch", poison)

@@ -18,7 +18,7 @@ import pytest
 import ray
 from ray import tune
 
-from faults import dies_once_at_epoch, nan_at_epoch
+from faults import dies_once_after_saving_epoch, dies_once_at_epoch, nan_at_epoch
 
 from pipeline.results import EPOCH_SCHEMA, TRIAL_SCHEMA, read_table
 from pipeline.search import main, search
@@ -140,6 +140,16 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     # Epoch 1 ran once, before the kill; the restarted actor continued at epoch 2, not from scratch.
     assert sorted(epochs["epoch"].to_list()) == [1, 2, 3]
     assert (Path(trials["trial_dir"][0]) / ".crashed_once").exists()
+
+
+def test_a_trial_killed_with_its_last_epoch_saved_but_unreported_ends_with_it(tmp_path: Path) -> None:
+    summary = search(_argv(tmp_path, "lost", "--trials", "1", "--epochs", "2"), trainable=dies_once_after_saving_epoch(2))
+    exp = Path(summary["experiment_dir"])
+    trials, epochs = read_table([exp], "trials"), read_table([exp], "epochs")
+    # The restarted trial has nothing left to train: it reports the saved epoch, which the records take.
+    assert trials["status"].to_list() == ["TERMINATED"] and trials["epochs"].to_list() == [2]
+    assert sorted(epochs["epoch"].to_list()) == [1, 2]
+    assert summary["modes"][0]["best"]["trial_id"] == trials["trial_id"][0]
 
 
 def test_nan_loss_ends_the_trial_not_the_search(tmp_path: Path) -> None:

@@ -100,6 +100,8 @@ class ParquetResultsCallback(Callback):
         if result.get("settled"):  # a finished trial telling Tune again what the records hold: nothing new
             return
         row = self._trial_row(trial)
+        if result.get("resumed") and result["epoch"] <= row["epochs"]:  # a restarted trial's last epoch, recorded
+            return
         ckpt = result.get("checkpoint_path") or None
         psnr, ssim = _float(result.get("select_psnr")), _float(result.get("select_ssim"))
         epoch_row = {

@@ -160,8 +160,10 @@ class _StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("settled"):  # a finished trial repeating its record on resume: the study has it
             return
-        try:
-            super().on_trial_result(trial_id, result)
+        try:  # the step is the epoch: a restarted trial's training_iteration counts from 1 again
+            with warnings.catch_warnings():  # Optuna keeps a step's first value: a resumed epoch is a repeat
+                warnings.filterwarnings("ignore", message="The reported value is ignored")
+                super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # the journal saved the trial's end before a killed driver's Tune state did
 
@@ -236,7 +238,7 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.Object
             mode=space.mode,
             search_alg=ConcurrencyLimiter(_searcher(mode, space, opts), max_concurrent=opts.concurrency),
             scheduler=ASHAScheduler(max_t=opts.epochs, grace_period=opts.grace_period, reduction_factor=2,
-                                    time_attr="training_iteration"),
+                                    time_attr="epoch"),  # a restarted trial's training_iteration counts from 1 again
             num_samples=opts.trials,
             trial_dirname_creator=_trial_dirname,
             reuse_actors=True,  # a new trial skips the seconds of importing torch in a fresh worker

@@ -49,11 +49,11 @@ def _index_is_shared(index: PairIndex) -> bool:
     return not index.sizes.flags.writeable
 
 
-def _newest_complete_checkpoint(trial_dir: Path) -> dict[str, Any] | None:
+def _newest_complete_checkpoint(trial_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint in the trial's folder that reads whole (a crash can cut the newest short)."""
     for path in sorted(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True):
         try:
-            return load_checkpoint(path)
+            return path, load_checkpoint(path)
         except (CheckpointError, FileNotFoundError):
             continue
     return None
@@ -92,10 +92,13 @@ def train_trial(
     from the driver's single ``ray.put``: a zero-copy, read-only view of the one copy in this
     node's object store; the trial reads the pixels itself. ``trials_dir`` is
     the shared folder holding the trial folders (``tune-<mode>/``): a trial resumes from the
-    newest complete checkpoint in its own. ``settled`` maps the trials this experiment's own
-    records already show as finished (ASHA stopped them, they ran out, their loss diverged)
-    to their last metrics: such a trial reports those once, marked ``settled``, and returns, so
-    that a driver killed before Ray Tune saved the decision cannot undo it on resume.
+    newest complete checkpoint in its own, and first reports that checkpoint's epoch again, marked
+    ``resumed``: the records skip it when they have it, and take it when the driver died with
+    the report in flight (so a trial whose last epoch was saved, then lost, still ends with a
+    result). ``settled`` maps the trials this experiment's own records already show as
+    finished (ASHA stopped them, they ran out, their loss diverged) to their last metrics:
+    such a trial reports those once, marked ``settled``, and returns, so that a driver killed
+    before Ray Tune saved the decision cannot undo it on resume.
     """
     ctx = tune.get_context()
     if ctx.get_trial_id() in (settled or {}):
@@ -110,9 +113,11 @@ def train_trial(
     set_threads(None, reserve=cfg.train.loader_workers, cpus=cpus)
     trainer = Trainer(cfg, index)
     trial_dir = Path(trials_dir) / trial_dirname(ctx.get_trial_id())
-    state = _newest_complete_checkpoint(trial_dir)
-    if state is not None:
+    newest = _newest_complete_checkpoint(trial_dir)
+    if newest is not None:
+        path, state = newest
         trainer.load_state_dict(state)
+        tune.report({**state["metrics"], "checkpoint_path": str(path), "resumed": True})
 
     context = {
         "device": str(trainer.device),
