@@ -48,9 +48,9 @@ def train_trial(config: dict[str, Any], *, base_cfg: dict[str, Any], space: Sear
     OmegaConf.set_struct(cfg, False)
     cfg.mode = config["mode"]
     cfg = apply_params(cfg, config, space)
-    # The trial's own CPUs, shared by torch's threads and the crop loader workers.
+    # As many threads as the trial's CPUs: trials follow --cpus-per-trial, not the machine.
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
-    set_threads(None, reserve=cfg.train.loader_workers, cpus=cpus)
+    set_threads(None, cpus=cpus)
     trainer = Trainer(cfg, index)
 
     checkpoint = tune.get_checkpoint()
