@@ -87,7 +87,7 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="models/<backbone>[/v<N>], a model folder or file, or a training checkpoint.pt")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="tile", help="how images larger than --tile are run")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="tile", help="how images of more pixels than a --tile square are run")
     parser.add_argument("--tile", type=positive_int, default=512,
                         help="tile size, or the long side for resize (default 512; at least 2x the tile overlap)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -1,9 +1,10 @@
 """The training engine: one run (plain, bild or bild-train) of one backbone, without Ray.
 
 :class:`Trainer` owns a run: the data splits, both networks, both optimisers, the crop
-random state and the processes that read the crops (``pipeline.data.loader``). :func:`train` drives it epoch by epoch into a run folder, as
-``python -m pipeline.train`` does; the Ray Tune trainable (``pipeline.tune.trainable``)
-drives the same class one epoch per report.
+random state and the processes that read the crops (``pipeline.data.loader``).
+:func:`train` drives it epoch by epoch into a run folder, as ``python -m pipeline.train``
+does; the Ray Tune trainable (``pipeline.tune.trainable``) drives the same class one epoch
+per report.
 """
 
 from __future__ import annotations
@@ -370,7 +371,7 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; start without --resume")
         state = load_checkpoint(ckpt)
         cfg = resumed_config(cfg, state["config"])
-    set_threads(cfg.threads, reserve=cfg.train.loader_workers)
+    set_threads(cfg.threads)
     trainer = Trainer(cfg, index)
     if resume:
         trainer.load_state_dict(state)

@@ -168,6 +168,7 @@ def test_the_check_rescores_the_epochs_subset_and_the_card_the_whole_set(tmp_pat
     selection = card["selection"]
     assert selection["matches"] and selection["measured"]["images"] == 5 and selection["full"]["images"] == 18
     assert selection["measured"]["psnr"] == pytest.approx(selection["recorded"]["psnr"], abs=1e-6)
+    assert selection["note"].startswith("measured: the 5 selection images the search scored each epoch")
     index = pl.read_parquet(tmp_path / "models" / "index.parquet")
     assert index["select_psnr"][0] == selection["full"]["psnr"]  # the card's number is the whole set's
     summary = promotion_summary(card)

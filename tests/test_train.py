@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -230,15 +231,19 @@ def test_a_config_saved_before_the_policy_options_rebuilds_the_policy_it_trained
     assert bild_config(saved_config(old_cfg)).regulariser == "entropy"
 
 
-def test_default_threads_leave_a_cpu_per_loader_worker() -> None:
+def test_default_threads_follow_the_cpus_and_sleep_when_idle() -> None:
     from pipeline.evaluation.inference import set_threads
 
     previous = torch.get_num_threads()
     try:
-        assert set_threads(None, reserve=2, cpus=2) == 1 == torch.get_num_threads()
-        assert set_threads(None, reserve=2, cpus=6) == 4 == torch.get_num_threads()
-        assert set_threads(3, reserve=2, cpus=2) == 3  # asked for: as asked
+        assert set_threads(None, cpus=3) == 3 == torch.get_num_threads()  # a trial's --cpus-per-trial
+        assert set_threads(2, cpus=6) == 2  # asked for: as asked
         with pytest.raises(ValueError, match="threads=0"):
             set_threads(0)
     finally:
         torch.set_num_threads(previous)
+    # Importing the package before torch makes torch's OpenMP threads sleep instead of spinning.
+    probe = "import os, pipeline, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "PASSIVE", out.stderr

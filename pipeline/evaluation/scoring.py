@@ -3,9 +3,9 @@
 Every image gets one row per method: the hazy input itself (the floor a dehazer must
 clear), the dark channel prior (pipeline.baselines: no training) and the model, labelled
 with its version or run (pipeline.models.model_label). PSNR and SSIM are computed at full
-resolution against the ground truth (pipeline.metrics). Images larger than ``--tile`` go
-through the model in overlapping tiles (``tile``, the default) or downsampled and
-upsampled back (``resize``), so the model's memory stays bounded.
+resolution against the ground truth (pipeline.metrics). Images of more pixels than a
+``--tile`` square go through the model in overlapping tiles (``tile``, the default) or
+downsampled and upsampled back (``resize``), so the model's memory stays bounded.
 
 Pairs are read one at a time. The hazy and DCP rows do not depend on the model: they are
 kept in the node's cache by the dataset's fingerprint (pipeline.evaluation.references) and

@@ -248,9 +248,10 @@ def _provenance(trial: dict[str, Any], state: dict[str, Any], index: PairIndex, 
         "version": version,
         "config": cfg,
         "hyperparameters": trial["hyperparameters"],
-        # "measured" re-scores the images the search scored each epoch (to compare like with
-        # like); "full" scores the whole selection set.
-        "selection": {"metric": metric, **check, "full": select},
+        "selection": {"metric": metric, **check, "full": select,
+                      "note": f"measured: the {check['measured']['images']} selection images the search scored each "
+                              "epoch (dataset.select_images), re-scored to check the recorded value; full: all "
+                              f"{select['images']} selection images"},
         "test": test,
         "refit": refit,
         "source": {"run_dir": str(run_dir), "experiment": trial["experiment"], "trial_id": trial["trial_id"],

@@ -108,9 +108,9 @@ def train_trial(
     OmegaConf.set_struct(cfg, False)
     cfg.mode = mode
     cfg = apply_params(cfg, config, space)
-    # The trial's own CPUs, shared by torch's threads and the crop loader workers.
+    # As many threads as the trial's CPUs: trials follow --cpus-per-trial, not the machine.
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
-    set_threads(None, reserve=cfg.train.loader_workers, cpus=cpus)
+    set_threads(None, cpus=cpus)
     trainer = Trainer(cfg, index)
     trial_dir = Path(trials_dir) / trial_dirname(ctx.get_trial_id())
     newest = _newest_complete_checkpoint(trial_dir)
