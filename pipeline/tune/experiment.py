@@ -69,9 +69,10 @@ def _fail(flag: str, message: str) -> None:
 
 
 def _check_numbers(req: SearchRequest) -> None:
-    for flag, value in [("--trials", req.trials), ("--concurrency", req.concurrency), ("--max-failures", req.max_failures)]:
-        if value is not None and value < (0 if flag == "--max-failures" else 1):
-            _fail(flag, f"got {value}; expected an integer >= {0 if flag == '--max-failures' else 1}")
+    for flag, value, least in [("--trials", req.trials, 1), ("--concurrency", req.concurrency, 1),
+                               ("--max-failures", req.max_failures, 0)]:
+        if value is not None and value < least:
+            _fail(flag, f"got {value}; expected an integer >= {least}")
     if not req.cpus_per_trial > 0:
         _fail("--cpus-per-trial", f"got {req.cpus_per_trial}; expected > 0")
     if req.gpus_per_trial < 0 or (req.gpus_per_trial > 1 and not float(req.gpus_per_trial).is_integer()):
