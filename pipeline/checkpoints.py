@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from .config import flatten, saved_config
 from .files import atomic_write
 
-__all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "load_checkpoint", "one_line", "resumed_config",
-           "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "field", "load_checkpoint", "one_line",
+           "resumed_config", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "bild-checkpoint/1"
 
@@ -33,6 +33,21 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` (a dict with ``format``) atomically: a crash never leaves half a file."""
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def field(tree: Any, dotted: str, kind: type, file: Path) -> Any:
+    """``tree[a][b]...`` for ``dotted`` "a.b", checked to be a ``kind``: a malformed file gets one line, not a KeyError."""
+    value = tree
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{file} is malformed: {dotted} is missing or not a {kind.__name__}")
+    return value
+
+
+# What every reader of a checkpoint (resume, promote, analyze, the search's trials) takes from it.
+_CHECKPOINT_FIELDS = {"backbone.name": str, "backbone.kwargs": dict, "config": dict, "epoch": int, "step": int,
+                      "models.backbone": dict, "optimizers.inner": dict, "rng": dict}
 
 
 def one_line(err: BaseException) -> str:
@@ -70,6 +85,9 @@ def load_checkpoint(
     if not isinstance(state, dict) or state.get("format") not in formats:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} holds {found!r}, not a model or checkpoint; {expected}")
+    if state["format"] == CHECKPOINT_FORMAT:
+        for dotted, kind in _CHECKPOINT_FIELDS.items():
+            field(state, dotted, kind, path)
     return state
 
 

@@ -176,6 +176,10 @@ def test_truncated_and_malformed_pickles(search_run: Path, tmp_path: Path, make_
     _truncated(ckpt, run / "checkpoint.pt")
     done = _run("pipeline.train", "--backbone", "aodnet", "--preset", "tiny", "--run-dir", run, "--resume")
     assert done.returncode == 2 and "could not be read" in _one_error_line(done.stderr, run / "checkpoint.pt")
+    del state["config"]  # the right format tag and weights, a key every reader needs gone
+    torch.save(state, run / "checkpoint.pt")
+    done = _run("pipeline.train", "--backbone", "aodnet", "--preset", "tiny", "--run-dir", run, "--resume")
+    assert done.returncode == 2 and "config is missing" in _one_error_line(done.stderr, run / "checkpoint.pt")
 
 
 # --- older model.pt files convert -----------------------------------------------------------------------

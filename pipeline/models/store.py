@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ..backbones import build_from_kwargs
-from ..checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, one_line
+from ..checkpoints import CHECKPOINT_FORMAT, CheckpointError, field, load_checkpoint, one_line
 from ..files import atomic_write, atomic_write_text
 
 __all__ = [
@@ -75,16 +75,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _get(tree: Any, dotted: str, kind: type, file: Path) -> Any:
-    """``tree[a][b]...`` for ``dotted`` "a.b", checked to be a ``kind``: a malformed file gets one line, not a KeyError."""
-    value = tree
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    if not isinstance(value, kind):
-        raise CheckpointError(f"{file} is malformed: {dotted} is missing or not a {kind.__name__}")
-    return value
 
 
 # --- the card -------------------------------------------------------------------------------------
@@ -163,9 +153,9 @@ def _from_safetensors(file: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     if not card_file.is_file():
         raise CheckpointError(f"{file} has no {CARD_FILE} beside it; the card holds the model's architecture")
     card = read_card(card_file)
-    backbone = {"name": _get(card, "backbone", str, card_file), "preset": card.get("preset"),
-                "kwargs": _get(card, "kwargs", dict, card_file)}
-    if file_sha256(file) != _get(card, "weights.sha256", str, card_file):
+    backbone = {"name": field(card, "backbone", str, card_file), "preset": card.get("preset"),
+                "kwargs": field(card, "kwargs", dict, card_file)}
+    if file_sha256(file) != field(card, "weights.sha256", str, card_file):
         raise CheckpointError(f"{file} does not match the sha256 recorded in {card_file}: "
                               "the weights were damaged or replaced since the card was written")
     try:
@@ -177,10 +167,10 @@ def _from_safetensors(file: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 
 def read_weights(file: Path, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(backbone {name, preset, kwargs}, backbone weights) of a loaded ``bild-model/1`` or checkpoint dict."""
-    _get(state, "backbone.name", str, file)  # checked here: build_backbone then gets a usable description
-    _get(state, "backbone.kwargs", dict, file)
+    field(state, "backbone.name", str, file)  # checked here: build_backbone then gets a usable description
+    field(state, "backbone.kwargs", dict, file)
     key = "state_dict" if state["format"] == LEGACY_MODEL_FORMAT else "models.backbone"
-    return state["backbone"], _get(state, key, dict, file)
+    return state["backbone"], field(state, key, dict, file)
 
 
 def _pickle_meta(file: Path, state: dict[str, Any], backbone: dict[str, Any]) -> dict[str, Any]:
