@@ -19,7 +19,8 @@ Levers (``--levers``, comma-separated; plain always runs):
   uniform      bild with alpha = 1000: uniform weights on BILD's own split (the data tax alone)
   mix-0.5+rotation   two levers together (any names joined by '+')
 
-Output: ``OUT.parquet`` (one row per run and test image) and ``OUT.md`` (the table).
+Output: ``OUT.parquet`` (one row per run and test image, the settings in its metadata) and
+``OUT.md`` (the table); ``--summarize`` redraws ``OUT.md`` from ``OUT.parquet`` alone.
 The data defaults to SOTS-indoor where its descriptor's root (datasets/local/sots_indoor, a
 folder or a link to one) exists, else the built-in data.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import json
 import multiprocessing
 import platform
 import sys
@@ -42,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +59,7 @@ from pipeline.files import atomic_write, atomic_write_text  # noqa: E402
 from pipeline.trainer import Trainer, load_index  # noqa: E402
 
 BASELINE = "plain"
+META_KEY = "bild_vs_plain"  # the Parquet file's key-value metadata entry holding the run's settings
 DEFAULT_LEVERS = "bild,mix-0.5,ess-0.7,rotation,mix-0.5+rotation,m-10,warmup,bild-train,uniform"
 
 
@@ -168,8 +172,27 @@ def paired_summary(images: pl.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
             row["wins"] = float((mine["psnr"] > mine["psnr_0"]).mean())
             seed_means = mine.group_by("seed").agg((pl.col("psnr") - pl.col("psnr_0")).mean().alias("d"))["d"]
             row["d_psnr_seed_min"], row["d_psnr_seed_max"] = float(seed_means.min()), float(seed_means.max())
+            row["d_psnr_both_low"], row["d_psnr_both_high"] = seed_and_image_ci(mine, seed)
         rows.append(row)
     return rows
+
+
+def seed_and_image_ci(mine: pl.DataFrame, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean PSNR difference with the seeds resampled as well as the images.
+
+    The image-only interval above treats the seeds' average as fixed, so one lucky seed can
+    move it clear of 0; resampling the seeds too (then the images, the same draw for every
+    chosen seed) adds the run-to-run spread that a new seed would bring.
+    """
+    grid = mine.with_columns(d=pl.col("psnr") - pl.col("psnr_0")).pivot("pair", index="seed", values="d")
+    diffs = grid.drop("seed").to_numpy()  # (seeds, images)
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, diffs.shape[0], size=(RESAMPLES, diffs.shape[0]))
+    images = rng.integers(0, diffs.shape[1], size=(RESAMPLES, diffs.shape[1]))
+    means = np.array([diffs[np.ix_(s, i)].mean() for s, i in zip(seeds, images)])
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -178,18 +201,19 @@ def _fmt(value: Any, spec: str) -> str:
 
 def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The table, with the settings and the split it was measured on."""
-    head = ("| lever | seeds x images | PSNR | BILD - plain PSNR [95% CI] | per-seed range | SSIM diff [95% CI] "
-            "| wins | ESS | max w | train s (x plain) |")
+    head = ("| lever | seeds x images | PSNR | BILD - plain PSNR [95% CI] | CI, seeds resampled too | per-seed range "
+            "| SSIM diff [95% CI] | wins | ESS | max w | train s (x plain) |")
     lines = [f"# {meta['title']}", "", *(f"- {k}: {v}" for k, v in meta.items() if k != "title"), "", head,
-             "|" + "---|" * 10]
+             "|" + "---|" * 11]
     for r in summary:
         diff = "-" if r["lever"] == BASELINE else (
             f"{r['d_psnr']:+.3f} [{r['d_psnr_low']:+.3f}, {r['d_psnr_high']:+.3f}]")
+        both = "-" if r["lever"] == BASELINE else f"[{r['d_psnr_both_low']:+.3f}, {r['d_psnr_both_high']:+.3f}]"
         spread = "-" if r["lever"] == BASELINE else f"{r['d_psnr_seed_min']:+.2f} .. {r['d_psnr_seed_max']:+.2f}"
         sdiff = "-" if r["lever"] == BASELINE else (
             f"{r['d_ssim']:+.4f} [{r['d_ssim_low']:+.4f}, {r['d_ssim_high']:+.4f}]")
         lines.append(
-            f"| {r['lever']} | {r['seeds']} x {r['images']} | {r['psnr']:.2f} | {diff} | {spread} | {sdiff} "
+            f"| {r['lever']} | {r['seeds']} x {r['images']} | {r['psnr']:.2f} | {diff} | {both} | {spread} | {sdiff} "
             f"| {_fmt(r.get('wins'), '.0%')} | {_fmt(r['ess'], '.2f')} | {_fmt(r['max_weight'], '.2f')} "
             f"| {r['train_s']:.0f} ({r['time_ratio']:.2f}x) |")
     return "\n".join(lines) + "\n"
@@ -223,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-side", type=int, default=256, help="centre-crop test images to this side (0: whole images)")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel, one torch thread each")
     p.add_argument("--out", default="runs/bench/bild_vs_plain", help="writes OUT.parquet and OUT.md")
+    p.add_argument("--summarize", action="store_true", help="train nothing: redraw OUT.md from OUT.parquet")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. train.inner_lr=1e-3)")
     return p
 
@@ -247,6 +272,10 @@ def _split_note(common: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if a.summarize:
+        summarize(Path(a.out))
+        print(Path(a.out).with_suffix(".md").read_text(), end="")
+        return 0
     if a.steps < a.epochs:
         raise SystemExit(f"error: --steps {a.steps} is fewer than --epochs {a.epochs}; expected at least one step an epoch")
     levers = [lv for lv in a.levers.split(",") if lv and lv != BASELINE]
@@ -277,8 +306,21 @@ def main(argv: list[str] | None = None) -> int:
 def _write(rows: list[dict[str, Any]], out: Path, meta: dict[str, str]) -> None:
     images = pl.DataFrame(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out.with_suffix(".parquet"), images.write_parquet)
+    # The settings travel inside the Parquet file, so --summarize can redraw the table from it alone.
+    table = images.to_arrow().replace_schema_metadata({META_KEY: json.dumps(meta)})
+    atomic_write(out.with_suffix(".parquet"), lambda tmp: pq.write_table(table, tmp))
     atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(images), meta))
+
+
+def summarize(out: Path) -> None:
+    """Rewrite ``OUT.md`` from ``OUT.parquet`` (a finished or interrupted benchmark), with today's summary."""
+    path = out.with_suffix(".parquet")
+    if not path.is_file():
+        raise SystemExit(f"error: --summarize: {path} does not exist; expected the Parquet file of a benchmark run")
+    table = pq.read_table(path)
+    stored = (table.schema.metadata or {}).get(META_KEY.encode())
+    meta = json.loads(stored) if stored else {"title": f"BILD vs plain: {path} (written before the settings were stored)"}
+    atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(pl.from_arrow(table)), meta))
 
 
 def _meta(a: argparse.Namespace, common: list[str], argv: list[str] | None) -> dict[str, str]:
@@ -288,8 +330,8 @@ def _meta(a: argparse.Namespace, common: list[str], argv: list[str] | None) -> d
         "data": f"{common[0].split('=')[1]}; {_split_note(common)}",
         "wrong targets": f"{a.wrong_targets:.0%} of the train pool" if a.wrong_targets else "none",
         "scoring": f"test images centre-cropped to {a.eval_side} px" if a.eval_side else "whole test images",
-        "CI": f"{CONFIDENCE:.0%} percentile bootstrap over test images ({RESAMPLES} resamples, seed 0), "
-              "each image's difference averaged over the seeds",
+        "CI": f"{CONFIDENCE:.0%} percentile bootstrap ({RESAMPLES} resamples, seed 0): over test images, each "
+              "image's difference averaged over the seeds; and over seeds and images both",
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {a.workers} worker(s) x 1 thread",
         "command": "python benchmarks/bild_vs_plain.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }

@@ -54,6 +54,33 @@ def test_bild_vs_plain_at_tiny_settings(tmp_path: Path) -> None:
     diff = (pairs["psnr"] - pairs["psnr_right"]).mean()
     row = next(line for line in table.splitlines() if line.startswith("| bild |"))
     assert row.split("|")[4].split("[")[0].strip() == f"{diff:+.3f}"
+    # --summarize redraws the same table, settings included, from the Parquet file alone.
+    out.with_suffix(".md").unlink()
+    subprocess.run([sys.executable, str(BILD_VS_PLAIN), "--summarize", "--out", str(out)], capture_output=True,
+                   text=True, check=True)
+    assert out.with_suffix(".md").read_text() == table
+
+
+def test_the_seed_resampled_interval_holds_the_spread_between_seeds() -> None:
+    import importlib.util
+
+    import numpy as np
+    import polars as pl
+
+    from pipeline.analysis.report import bootstrap_diff
+
+    spec = importlib.util.spec_from_file_location("bild_vs_plain", BILD_VS_PLAIN)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # Seed 0 wins by 1 dB on every image, seed 1 loses by 1 dB: the seeds' average is 0 on every image.
+    rng = np.random.default_rng(0)
+    d = {0: 1.0 + 0.01 * rng.standard_normal(40), 1: -1.0 + 0.01 * rng.standard_normal(40)}
+    mine = pl.DataFrame([{"seed": s, "pair": i, "psnr": 20.0 + d[s][i], "psnr_0": 20.0} for s in d for i in range(40)])
+    per_image = (d[0] + d[1]) / 2
+    image_low, image_high = bootstrap_diff(per_image, np.zeros(40), paired=True)
+    low, high = bench.seed_and_image_ci(mine)
+    assert image_high - image_low < 0.01  # the images agree, so the image-only interval is narrow ...
+    assert low < -0.9 and high > 0.9  # ... while a new seed could land on either side
 
 
 def test_data_scale_runs_on_a_tiny_generated_folder(tmp_path: Path) -> None:
