@@ -9,7 +9,7 @@ bootstrap 95% CI of the mean PSNR and SSIM difference, the share of images where
 wins, the weights' ESS and largest weight, and the training wall time.
 
 Levers (``--levers``, comma-separated; plain always runs):
-  bild         the default BILD step
+  bild         the paper's BILD step (no mixture, a fixed validation split); every lever starts from it
   mix-0.5      the guard rail: w = 0.5 + 0.5 * policy weights (bild.mix)
   ess-0.7      an ESS floor of 0.7 n (bild.ess_floor)
   rotation     cross-fitting: the validation fold rotates each epoch (train.val_rotation)
@@ -17,7 +17,7 @@ Levers (``--levers``, comma-separated; plain always runs):
   warmup       the first third of the steps plain (train.bild_warmup_steps)
   bild-train   the outer loop reads training crops (the paper's ablation)
   uniform      bild with alpha = 1000: uniform weights on BILD's own split (the data tax alone)
-  mix-0.5+rotation   two levers together (any names joined by '+')
+  mix-0.5+rotation   two levers together (any names joined by '+'); these two are today's defaults
 
 Output: ``OUT.parquet`` (one row per run and test image, the settings in its metadata) and
 ``OUT.md`` (the table); ``--summarize`` redraws ``OUT.md`` from ``OUT.parquet`` alone.
@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO))  # run as a script: experiments/ is a top-level fo
 
 from experiments.wrong_targets import corrupt_targets  # noqa: E402
 from pipeline.analysis.report import CONFIDENCE, RESAMPLES, bootstrap_diff  # noqa: E402
-from pipeline.config import compose_config  # noqa: E402
+from pipeline.config import compose_config, paper_step_overrides  # noqa: E402
 from pipeline.data import PairIndex, split_by_scene  # noqa: E402
 from pipeline.evaluation.inference import score_pairs, set_threads  # noqa: E402
 from pipeline.files import atomic_write, atomic_write_text  # noqa: E402
@@ -81,7 +81,10 @@ def lever_overrides(name: str, steps: int) -> list[str]:
     if unknown:
         raise ValueError(f"unknown lever {'+'.join(unknown)!r}; expected one of {', '.join(single)} (or several joined by +)")
     mode = [] if name == BASELINE or "bild-train" in parts else ["mode=bild"]
-    return [*mode, *(o for p in parts for o in single[p])]
+    # Every lever starts from the paper's step (no mixture, a fixed D_v) and changes only what it
+    # names, so "bild" is the paper's BILD whatever today's defaults (mix-0.5+rotation) are.
+    paper_step = [] if name == BASELINE else paper_step_overrides()
+    return [*mode, *paper_step, *(o for p in parts for o in single[p])]
 
 
 # --- one run, in a worker process ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.bild import CropBatch, StepStats
-from pipeline.config import compose_config
+from pipeline.config import compose_config, paper_step_overrides
 from pipeline.trainer import Trainer
 
 __all__ = ["main", "policy_follows_reward"]
@@ -41,7 +41,9 @@ def policy_follows_reward(overrides: list[str], *, seed: int = 0, noise: float =
         jitter = torch.randn(brightness.shape, generator=noise_rng).to(brightness.device)
         return brightness + noise * brightness.std() * jitter, "brightness"
 
-    cfg = compose_config([f"seed={seed}", "train.epochs=1", "progress=false", "mode=bild", *overrides])
+    # The paper's step unless the overrides say otherwise: the check is of the policy itself.
+    cfg = compose_config([f"seed={seed}", "train.epochs=1", "progress=false", "mode=bild", *paper_step_overrides(),
+                          *overrides])
     trainer = Trainer(cfg, alignment=brightness_reward)
     corrs: list[float] = []
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.bild import CropBatch, StepStats, crop_log_weights
-from pipeline.config import compose_config
+from pipeline.config import compose_config, paper_step_overrides
 from pipeline.data import CropSampler, PairIndex
 from pipeline.trainer import Trainer, load_index
 
@@ -84,7 +84,8 @@ def run_wrong_targets(
     """Train plain and bild for ``train.steps_per_epoch`` steps on the same corrupted data."""
     if corrupt not in CORRUPTIONS:
         raise ValueError(f"corrupt={corrupt!r} is not valid; expected one of {', '.join(CORRUPTIONS)}")
-    common = [f"seed={seed}", "train.epochs=1", "progress=false", *overrides]
+    # The paper's step unless the overrides say otherwise: the study is of the policy itself.
+    common = [f"seed={seed}", "train.epochs=1", "progress=false", *paper_step_overrides(), *overrides]
     index = load_index(compose_config(common))
     bild_split = Trainer(compose_config([*common, "mode=bild"]), index)
     targets = bild_split.splits.train_pool if corrupt == "pool" else bild_split.train_idx

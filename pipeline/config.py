@@ -92,8 +92,15 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # Keys renamed since runs were first saved: old dotted key -> today's.
 RENAMED_KEYS = {"bild.entropy_coef": "bild.alpha"}
+# The paper's BILD step, whatever today's defaults are: the policy's weights unmixed, a fixed D_v.
+PAPER_STEP = {"bild.mix": 1.0, "train.val_rotation": False}
 # Training options added since runs were first saved -> the value that trains as those runs did.
-ADDED_KEYS = {"bild.mix": 1.0, "bild.ess_floor": 0.0, "train.val_rotation": False, "train.bild_warmup_steps": 0}
+ADDED_KEYS = {**PAPER_STEP, "bild.ess_floor": 0.0, "train.bild_warmup_steps": 0}
+
+
+def paper_step_overrides() -> list[str]:
+    """``PAPER_STEP`` as Hydra overrides, for studies of the paper's step (``bild.mix=1.0``, ...)."""
+    return [f"{key}={str(value).lower()}" for key, value in PAPER_STEP.items()]
 
 
 def saved_config(saved: Any) -> DictConfig:
