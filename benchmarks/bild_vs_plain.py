@@ -20,7 +20,8 @@ Levers (``--levers``, comma-separated; plain always runs):
   mix-0.5+rotation   two levers together (any names joined by '+'); these two are today's defaults
 
 Output: ``OUT.parquet`` (one row per run and test image, the settings in its metadata) and
-``OUT.md`` (the table); ``--summarize`` redraws ``OUT.md`` from ``OUT.parquet`` alone.
+``OUT.md`` (the table); ``--summarize`` redraws ``OUT.md`` from ``OUT.parquet`` alone, and
+``--merge A.parquet B.parquet --out OUT`` pools the seeds of runs with the same settings.
 The data defaults to SOTS-indoor where its descriptor's root (datasets/local/sots_indoor, a
 folder or a link to one) exists, else the built-in data.
 
@@ -251,6 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="runs in parallel, one torch thread each")
     p.add_argument("--out", default="runs/bench/bild_vs_plain", help="writes OUT.parquet and OUT.md")
     p.add_argument("--summarize", action="store_true", help="train nothing: redraw OUT.md from OUT.parquet")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="PARQUET",
+                   help="train nothing: pool the seeds of these runs (same settings, other seeds) into OUT")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. train.inner_lr=1e-3)")
     return p
 
@@ -275,8 +278,11 @@ def _split_note(common: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    if a.summarize:
-        summarize(Path(a.out))
+    if a.summarize or a.merge:
+        if a.merge:
+            merge(a.merge, Path(a.out), "python benchmarks/bild_vs_plain.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        else:
+            summarize(Path(a.out))
         print(Path(a.out).with_suffix(".md").read_text(), end="")
         return 0
     if a.steps < a.epochs:
@@ -306,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write(rows: list[dict[str, Any]], out: Path, meta: dict[str, str]) -> None:
-    images = pl.DataFrame(rows)
+def _write(rows: list[dict[str, Any]] | pl.DataFrame, out: Path, meta: dict[str, str]) -> None:
+    images = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The settings travel inside the Parquet file, so --summarize can redraw the table from it alone.
     table = images.to_arrow().replace_schema_metadata({META_KEY: json.dumps(meta)})
@@ -315,15 +321,48 @@ def _write(rows: list[dict[str, Any]], out: Path, meta: dict[str, str]) -> None:
     atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(images), meta))
 
 
-def summarize(out: Path) -> None:
-    """Rewrite ``OUT.md`` from ``OUT.parquet`` (a finished or interrupted benchmark), with today's summary."""
-    path = out.with_suffix(".parquet")
+def _read(path: Path, flag: str) -> tuple[pl.DataFrame, dict[str, str]]:
+    """A benchmark's rows and settings; files written before the settings were stored get a bare title."""
     if not path.is_file():
-        raise SystemExit(f"error: --summarize: {path} does not exist; expected the Parquet file of a benchmark run")
+        raise SystemExit(f"error: {flag}: {path} does not exist; expected the Parquet file of a benchmark run")
     table = pq.read_table(path)
     stored = (table.schema.metadata or {}).get(META_KEY.encode())
     meta = json.loads(stored) if stored else {"title": f"BILD vs plain: {path} (written before the settings were stored)"}
-    atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(pl.from_arrow(table)), meta))
+    return pl.from_arrow(table), meta
+
+
+def summarize(out: Path) -> None:
+    """Rewrite ``OUT.md`` from ``OUT.parquet`` (a finished or interrupted benchmark), with today's summary."""
+    images, meta = _read(out.with_suffix(".parquet"), "--summarize")
+    atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(images), meta))
+
+
+# Settings two runs must share for their seeds to be pooled.
+_SAME_SETTINGS = ("data", "wrong targets", "scoring")
+
+
+def merge(sources: list[Path], out: Path, command: str) -> None:
+    """Pool the seeds of several runs of the same benchmark (``--merge``) into ``OUT.parquet`` and ``OUT.md``."""
+    read = [_read(src, "--merge") for src in sources]
+    for key in _SAME_SETTINGS:
+        values = {meta[key] for _, meta in read if key in meta}
+        if len(values) > 1:
+            raise SystemExit(f"error: --merge: the files differ in {key!r} ({' / '.join(sorted(values))}); "
+                             "expected runs of the same benchmark with different seeds")
+    images = pl.concat([rows for rows, _ in read], how="diagonal_relaxed")
+    twice = images.group_by("lever", "seed").agg(pl.col("pair").n_unique().alias("pairs"), pl.len())
+    twice = twice.filter(pl.col("len") > pl.col("pairs"))
+    if not twice.is_empty():
+        row = twice.row(0, named=True)
+        raise SystemExit(f"error: --merge: lever {row['lever']!r} seed {row['seed']} is in more than one file; "
+                         "expected each (lever, seed) run once")
+    stored = [meta for _, meta in read if "command" in meta]
+    meta = dict(stored[-1] if stored else read[-1][1])
+    seeds = ",".join(str(s) for s in sorted(images["seed"].unique()))
+    meta["title"] = meta["title"].rsplit(", seeds ", 1)[0] + f", seeds {seeds}"
+    meta["command"] = command
+    meta["merged from"] = ", ".join(str(src) for src in sources)
+    _write(images, out, meta)
 
 
 def _meta(a: argparse.Namespace, common: list[str], argv: list[str] | None) -> dict[str, str]:

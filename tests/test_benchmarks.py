@@ -59,6 +59,19 @@ def test_bild_vs_plain_at_tiny_settings(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(BILD_VS_PLAIN), "--summarize", "--out", str(out)], capture_output=True,
                    text=True, check=True)
     assert out.with_suffix(".md").read_text() == table
+    # Seeds run later pool with the first run's; a (lever, seed) run twice is refused.
+    later = tmp_path / "later"
+    subprocess.run([sys.executable, str(BILD_VS_PLAIN), *args[:-1], str(later), "--seeds", "1"], capture_output=True,
+                   text=True, check=True)
+    pooled = tmp_path / "pooled"
+    merge = [sys.executable, str(BILD_VS_PLAIN), "--merge", str(out.with_suffix(".parquet"))]
+    subprocess.run([*merge, str(later.with_suffix(".parquet")), "--out", str(pooled)], capture_output=True, text=True,
+                   check=True)
+    assert sorted(pl.read_parquet(pooled.with_suffix(".parquet"))["seed"].unique()) == [0, 1]
+    assert "| bild | 2 x " in pooled.with_suffix(".md").read_text() and "seeds 0,1\n" in pooled.with_suffix(".md").read_text()
+    twice = subprocess.run([*merge, str(out.with_suffix(".parquet")), "--out", str(tmp_path / "twice")],
+                           capture_output=True, text=True)
+    assert twice.returncode != 0 and "seed 0 is in more than one file" in twice.stderr
 
 
 def test_the_seed_resampled_interval_holds_the_spread_between_seeds() -> None:
