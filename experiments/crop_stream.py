@@ -94,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs", str(a.epochs), *(["--dataset", a.dataset] if a.dataset else [])]))
     jobs = [{"variant": v, "seed": int(s), "common": common, "wrong": a.wrong_targets}
             for s in a.seeds.split(",") for v in VARIANTS]
-    with futures.ProcessPoolExecutor(a.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        rows = list(pool.map(run, jobs))
+    if a.workers <= 1:
+        rows = [run(job) for job in jobs]
+    else:  # spawn: a forked worker would inherit torch's thread pool state from the parent
+        with futures.ProcessPoolExecutor(a.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(run, jobs))
     for row in rows:
         print(json.dumps(row))
     for variant in VARIANTS:
