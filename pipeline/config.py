@@ -22,8 +22,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["ADDED_KEYS", "CONF_DIR", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config", "flatten",
-           "group_dir", "group_options", "saved_config"]
+__all__ = ["ADDED_KEYS", "CONF_DIR", "PAPER_STEP", "REPO_ROOT", "RENAMED_KEYS", "ConfigError", "compose_config",
+           "flatten", "group_dir", "group_options", "paper_step_overrides", "saved_config"]
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[1]
