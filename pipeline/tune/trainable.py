@@ -117,7 +117,8 @@ def train_trial(
     if newest is not None:
         path, state = newest
         trainer.load_state_dict(state)
-        tune.report({**state["metrics"], "checkpoint_path": str(path), "resumed": True})
+        if "metrics" in state:  # every trial checkpoint has them; a train checkpoint dropped in by hand may not
+            tune.report({**state["metrics"], "checkpoint_path": str(path), "resumed": True})
 
     context = {
         "device": str(trainer.device),
