@@ -47,12 +47,13 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import torch
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: experiments/ is a top-level folder like this one
 
 from experiments.wrong_targets import corrupt_targets  # noqa: E402
-from pipeline.analysis.report import CONFIDENCE, RESAMPLES, bootstrap_diff  # noqa: E402
+from pipeline.analysis.report import CONFIDENCE, RESAMPLES, bootstrap_diff, percentile_interval  # noqa: E402
 from pipeline.config import compose_config, paper_step_overrides  # noqa: E402
 from pipeline.data import PairIndex, split_by_scene  # noqa: E402
 from pipeline.evaluation.inference import score_pairs, set_threads  # noqa: E402
@@ -101,16 +102,24 @@ def _index(common: list[str]) -> PairIndex:
     return _INDEXES[key]
 
 
+def train_pool(index: PairIndex, cfg: DictConfig) -> list[int]:
+    """The pairs of the scene-disjoint train pool that every lever's Trainer splits from."""
+    ds = cfg.dataset
+    return split_by_scene(index, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction,
+                          seed=ds.split_seed).train_pool
+
+
+def with_wrong_targets(index: PairIndex, cfg: DictConfig, fraction: float, seed: int) -> PairIndex:
+    """``index`` with ``fraction`` of the train pool pointing at another scene's clear image (the same for every
+    lever of a seed, validation split included); ``index`` itself when ``fraction`` is 0."""
+    return corrupt_targets(index, train_pool(index, cfg), fraction, seed)[0] if fraction > 0 else index
+
+
 def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
     """Train one (lever, seed) and score its final backbone on the test split: one row per test image."""
     set_threads(job["threads"])
     cfg = compose_config([*job["common"], f"seed={job['seed']}", *lever_overrides(job["lever"], job["steps"])])
-    index = _index(job["common"])
-    if job["wrong_fraction"] > 0:  # the same wrong targets for every lever of a seed
-        ds = cfg.dataset
-        pool = split_by_scene(index, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction,
-                              seed=ds.split_seed).train_pool
-        index, _ = corrupt_targets(index, pool, job["wrong_fraction"], job["seed"])
+    index = with_wrong_targets(_index(job["common"]), cfg, job["wrong_fraction"], job["seed"])
     trainer = Trainer(cfg, index)
     stats: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -193,10 +202,7 @@ def seed_and_image_ci(mine: pl.DataFrame, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, diffs.shape[0], size=(RESAMPLES, diffs.shape[0]))
     images = rng.integers(0, diffs.shape[1], size=(RESAMPLES, diffs.shape[1]))
-    means = np.array([diffs[np.ix_(s, i)].mean() for s, i in zip(seeds, images)])
-    tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile_interval(np.array([diffs[np.ix_(s, i)].mean() for s, i in zip(seeds, images)]))
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -32,22 +32,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script, beside the benchmark it controls
 
 import bild_vs_plain as bench  # noqa: E402
-from experiments.wrong_targets import corrupt_targets  # noqa: E402
-from pipeline.config import compose_config, paper_step_overrides  # noqa: E402
-from pipeline.data import split_by_scene  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from pipeline.config import compose_config  # noqa: E402
+from pipeline.data import PairIndex, split_train_val  # noqa: E402
 from pipeline.evaluation.inference import score_pairs, set_threads  # noqa: E402
 from pipeline.trainer import Trainer  # noqa: E402
 
 VARIANTS = ("plain-on-split", "plain-val-draws")
 
 
-def _plain_trainer(variant: str, common: list[str], seed: int, index: Any) -> Trainer:
-    cfg = compose_config([*common, f"seed={seed}", "mode=plain"])
+def _plain_trainer(variant: str, cfg: DictConfig, index: PairIndex) -> Trainer:
     if variant == "plain-on-split":
         # The benchmark's BILD levers hold out a fixed split (the paper's step): the same pairs.
-        bild = Trainer(compose_config([*common, f"seed={seed}", "mode=bild", *paper_step_overrides()]), index)
-        pairs = bild.train_idx
-        bild.close()
+        pairs, _ = split_train_val(index, bench.train_pool(index, cfg), cfg.train.val_fraction, cfg.seed)
         return Trainer(cfg, index, train_pairs=pairs)
     trainer = Trainer(cfg, index)
     draw = trainer._draw_step  # the experiment's one intervention: BILD's draws, the validation crops dropped
@@ -63,13 +60,9 @@ def _plain_trainer(variant: str, common: list[str], seed: int, index: Any) -> Tr
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     set_threads(1)
-    index = bench._index(job["common"])
-    if job["wrong"] > 0:  # the benchmark's corruption: the same wrong targets for a seed
-        ds = compose_config(job["common"]).dataset
-        pool = split_by_scene(index, select_fraction=ds.select_fraction, test_fraction=ds.test_fraction,
-                              seed=ds.split_seed).train_pool
-        index, _ = corrupt_targets(index, pool, job["wrong"], job["seed"])
-    trainer = _plain_trainer(job["variant"], job["common"], job["seed"], index)
+    cfg = compose_config([*job["common"], f"seed={job['seed']}", "mode=plain"])
+    index = bench.with_wrong_targets(bench._index(job["common"]), cfg, job["wrong"], job["seed"])
+    trainer = _plain_trainer(job["variant"], cfg, index)
     while trainer.epoch < trainer.cfg.train.epochs:
         trainer.train_epoch()
     trainer.backbone.eval()

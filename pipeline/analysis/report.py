@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from ..results import FINISHED, check_metric, read_table, searched_params
 from ..studies import experiment_studies
 
-__all__ = ["FORMATS", "analyze", "bootstrap_diff", "paired_best", "render"]
+__all__ = ["FORMATS", "analyze", "bootstrap_diff", "paired_best", "percentile_interval", "render"]
 
 FORMATS = ("table", "markdown", "json")
 BASELINE_MODE = "plain"
@@ -103,8 +103,13 @@ def bootstrap_diff(
         diffs = rng.choice(a - b, size=(resamples, a.size)).mean(axis=1)
     else:
         diffs = rng.choice(a, size=(resamples, a.size)).mean(axis=1) - rng.choice(b, size=(resamples, b.size)).mean(axis=1)
+    return percentile_interval(diffs, confidence)
+
+
+def percentile_interval(resampled: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The central ``confidence`` interval of a bootstrap's resampled statistics."""
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(diffs, [tail, 100 - tail])
+    low, high = np.percentile(resampled, [tail, 100 - tail])
     return float(low), float(high)
 
 
