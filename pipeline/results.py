@@ -99,6 +99,7 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("epoch_seconds", pa.float64()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("device", pa.string()),
+        pa.field("precision", pa.string()),  # train.precision as the trial resolved it: fp32, bf16 or fp16
         pa.field("node", pa.string()),
         pa.field("store_shared", pa.bool_()),
         pa.field("status", pa.string()),

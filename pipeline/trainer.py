@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from .backbones import backbone_kwargs, build_from_kwargs
@@ -44,9 +44,10 @@ from .data.loader import StepCrops
 from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .evaluation.references import hazy_reference
 from .files import atomic_write_text
+from .hardware import allow_tf32, cudnn_autotune, grad_scaler, resolve_precision
 
 __all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "bild_config", "check_training_config",
-           "check_value", "format_epoch", "load_index", "train"]
+           "check_value", "for_device", "format_epoch", "load_index", "train"]
 
 StepCallback = Callable[[CropBatch, StepStats], None]
 STEP_STATS = ("loss", "crop_loss", "val_loss", "reward_mean", "reward_std", "align_mean", "weight_entropy", "ess", "max_weight")
@@ -101,7 +102,7 @@ def load_index(cfg: DictConfig) -> PairIndex:
 
 
 def bild_config(cfg: DictConfig) -> BildConfig:
-    """The engine's BildConfig from a composed config (mode, the `bild` block, `train.amp`)."""
+    """The engine's BildConfig from a composed config (mode, the `bild` block, `train.precision` for its device)."""
     b = cfg.bild
     return BildConfig(
         mode=cfg.mode,
@@ -113,8 +114,26 @@ def bild_config(cfg: DictConfig) -> BildConfig:
         regulariser=b.regulariser,
         mix=b.mix,
         ess_floor=b.ess_floor,
-        amp=cfg.train.amp,
+        precision=resolve_precision(cfg.train.precision, resolve_device(cfg.device)),
     )
+
+
+def for_device(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """``cfg`` with its device-dependent ``auto`` settings resolved for ``device``.
+
+    ``train.precision=auto`` becomes bf16 on a CUDA device that supports it, fp32 elsewhere;
+    ``train.channels_last=auto`` becomes the backbone's measured layout for the device type
+    (``backbone.channels_last``). The resolved values are what the run records and resumes with.
+    """
+    cfg = cfg.copy()
+    tr = cfg.train
+    with open_dict(cfg):
+        tr.precision = resolve_precision(tr.precision, device)
+        if tr.channels_last == "auto":
+            tr.channels_last = bool(cfg.backbone.channels_last[device.type])
+    if not isinstance(tr.channels_last, bool):
+        raise ConfigError(f"train.channels_last={tr.channels_last!r}: expected auto, true or false")
+    return cfg
 
 
 class Trainer:
@@ -132,8 +151,11 @@ class Trainer:
         ``pipeline.bild.step.AlignmentFn``).
         """
         check_training_config(cfg)
-        self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.cfg = cfg = for_device(cfg, self.device)
+        if self.device.type == "cuda":
+            allow_tf32()
+            torch.backends.cudnn.benchmark = True  # training crops have one shape; evaluate() turns it off
         self.bild_cfg = bild_config(cfg)  # validates mode, estimator, ... before any work
         self.index = index if index is not None else load_index(cfg)
         ds, tr = cfg.dataset, cfg.train
@@ -155,8 +177,10 @@ class Trainer:
         self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs).to(self.device)
         if tr.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        if tr.compile:
+            self.backbone.compile()  # in place: parameter names, and so checkpoints, stay as they are
         inner_opt = torch.optim.Adam(self.backbone.parameters(), lr=tr.inner_lr, betas=(0.9, 0.999))
-        self.nets = BildNets(self.backbone, inner_opt)
+        self.nets = BildNets(self.backbone, inner_opt, scaler=grad_scaler(tr.precision, self.device))
         if cfg.mode != "plain":
             reweighter = build_reweighter(cfg.bild).to(self.device)
             self.nets.reweighter = reweighter
@@ -282,7 +306,9 @@ class Trainer:
         indices = {"select": self.select_scored, "test": self.splits.test}[split]
         self.backbone.eval()
         start = time.perf_counter()
-        scores = score_pairs(self.backbone, self.index, indices, self.device, max_side=self.cfg.dataset.eval_max_side)
+        with cudnn_autotune(False):  # whole images: as many shapes as sizes
+            scores = score_pairs(self.backbone, self.index, indices, self.device,
+                                 max_side=self.cfg.dataset.eval_max_side, precision=self.cfg.train.precision)
         return {f"{split}_psnr": float(np.mean(scores["psnr"])), f"{split}_ssim": float(np.mean(scores["ssim"])),
                 "eval_seconds": time.perf_counter() - start}
 
@@ -312,6 +338,7 @@ class Trainer:
             "optimizers": {
                 "inner": nets.inner_opt.state_dict(),
                 "outer": nets.outer_opt.state_dict() if nets.outer_opt else None,
+                "scaler": nets.scaler.state_dict() if nets.scaler else None,
             },
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
             "data": {"name": self.index.name, "layout": self.index.layout, "fingerprint": self.index.fingerprint,
@@ -325,6 +352,8 @@ class Trainer:
         if nets.reweighter is not None:
             nets.reweighter.load_state_dict(state["models"]["reweighter"])
             nets.outer_opt.load_state_dict(state["optimizers"]["outer"])
+        if nets.scaler is not None and state["optimizers"].get("scaler"):
+            nets.scaler.load_state_dict(state["optimizers"]["scaler"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         self.epoch, self.step = state["epoch"], state["step"]
@@ -379,9 +408,10 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    cfg = trainer.cfg  # with the device's choices made (precision, layout): what the run records
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     print(
-        f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device}: "
+        f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device} ({cfg.train.precision}): "
         f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / {len(trainer.splits.select)} select pairs "
         f"({len(trainer.select_scored)} scored each epoch)", flush=True
     )

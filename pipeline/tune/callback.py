@@ -113,6 +113,7 @@ class ParquetResultsCallback(Callback):
             **{k: _float(result.get(k)) for k in (*STEP_METRICS, "epoch_seconds")},
             "wall_time_s": _float(result.get("time_total_s")),
             "device": result.get("device"),
+            "precision": result.get("precision"),
             "node": result.get("node_id"),
             "store_shared": result.get("store_shared"),
             "status": "NONFINITE" if result.get("nonfinite") else "RUNNING",
