@@ -269,6 +269,8 @@ class Trainer:
         # only read and cut.
         plan = [self._draw_step() for _ in range(steps)]
         crops = self._crop_loader().crops(plan)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}", leave=False, disable=not progress)
         for k in bar:
             waited = time.perf_counter()
@@ -295,6 +297,9 @@ class Trainer:
         metrics = {key: sums[key] / counts[key] if counts[key] else math.nan for key in STEP_STATS}
         metrics.update({key: value / steps for key, value in sums.items() if key.startswith("ms_")})
         metrics["epoch_seconds"] = time.perf_counter() - start
+        # This process's peak GPU memory in the epoch: what one trial needs of a shared card.
+        metrics["gpu_peak_mb"] = (torch.cuda.max_memory_allocated(self.device) / 2**20
+                                  if self.device.type == "cuda" else math.nan)
         return metrics
 
     def evaluate(self, split: str = "select") -> dict[str, float]:

@@ -110,7 +110,7 @@ class ParquetResultsCallback(Callback):
             "select_psnr": psnr,
             "select_ssim": ssim,
             "hazy_psnr": _float(result.get("hazy_psnr")),
-            **{k: _float(result.get(k)) for k in (*STEP_METRICS, "epoch_seconds")},
+            **{k: _float(result.get(k)) for k in (*STEP_METRICS, "epoch_seconds", "gpu_peak_mb")},
             "wall_time_s": _float(result.get("time_total_s")),
             "device": result.get("device"),
             "precision": result.get("precision"),
