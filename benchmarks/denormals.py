@@ -137,7 +137,10 @@ def main() -> None:
                "--repeats", str(a.repeats), *(["--model", a.model] if a.model else []),
                *(["--image", a.image] if a.image else []),
                *(["--threads", str(a.threads)] if a.threads else [])]
-        rows.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the flush-{flush} measurement failed:\n{done.stderr.strip()}")
+        rows.append(json.loads(done.stdout))
     if a.json:
         print(json.dumps(rows, indent=2))
         return

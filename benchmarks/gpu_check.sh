@@ -2,7 +2,8 @@
 # The GPU check, prepared to run in under 8 minutes on a machine with one CUDA GPU:
 #   1. the default search command, with no GPU flag: its trials must land on CUDA, in bf16;
 #   2. fp32 against bf16: step time and the GPU memory a step takes, plain and BILD, for ffanet
-#      and msbdn at the paper preset, 240x240 crops, n = 10, m = 4 (benchmarks/step_cost.py);
+#      and msbdn at the paper preset, 240x240 crops, n = 10, m = 4 (benchmarks/step_cost.py),
+#      and bf16 in NCHW against the default NHWC (the CUDA value of backbone/*.yaml channels_last);
 #   3. 1, 2 and 4 trials sharing the GPU (--trials-per-gpu K): epochs per hour in total and the
 #      peak GPU memory of one trial (ffanet small, crop 128);
 #   4. pipeline.evaluate on the GPU: images per second on the model column (550x413 pairs,
@@ -37,24 +38,26 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 
 fi
 python -c "import torch; print(torch.cuda.get_device_name(0), torch.__version__, 'CUDA', torch.version.cuda)" >"$OUT/device.out"
 
-stage default_search 75 python -m pipeline.search --backbone aodnet --preset small --trials 2 --epochs 1 \
+stage default_search 60 python -m pipeline.search --backbone aodnet --preset small --trials 2 --epochs 1 \
   --storage "$OUT/runs" --name gpu-default train.steps_per_epoch=20
 
 STEP=(--preset paper --crop 240 --n 10 --m 4 --device cuda --estimators fd --scaling-ns "" --repeats 5 --warmup 2 --json)
 for backbone in ffanet msbdn; do
   for precision in fp32 bf16; do
-    stage "step_${backbone}_${precision}" 45 python benchmarks/step_cost.py --backbone "$backbone" --precision "$precision" "${STEP[@]}"
+    stage "step_${backbone}_${precision}" 30 python benchmarks/step_cost.py --backbone "$backbone" --precision "$precision" "${STEP[@]}"
   done
+  stage "step_${backbone}_bf16-nchw" 30 python benchmarks/step_cost.py --backbone "$backbone" --precision bf16 \
+    --no-channels-last "${STEP[@]}"
 done
 
 CPUS=$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))
 for k in 1 2 4; do
-  stage "share_$k" 70 python -m pipeline.search --backbone ffanet --preset small --trials 4 --epochs 2 \
+  stage "share_$k" 50 python -m pipeline.search --backbone ffanet --preset small --trials 4 --epochs 2 \
     --trials-per-gpu "$k" --cpus-per-trial "$CPUS" --storage "$OUT/runs" --name "gpu-share-$k" \
     train.steps_per_epoch=25 dataset.crop=128 dataset.select_images=8
 done
 
-stage evaluate 100 python benchmarks/data_scale.py --sizes 24 --renderings 2 --steps 5 --epochs 1 --crop 128 \
+stage evaluate 90 python benchmarks/data_scale.py --sizes 24 --renderings 2 --steps 5 --epochs 1 --crop 128 \
   --evaluate --eval-images 100 --device cuda --json --work "$OUT/data-scale"
 
 OUT="$OUT" STATUS="$(for k in "${!STATUS[@]}"; do echo "$k=${STATUS[$k]}"; done)" python - <<'EOF'
@@ -88,7 +91,7 @@ print("[fp32 vs bf16, paper preset, crop 240, n 10, m 4]")
 print(f"  {'backbone':<8} {'precision':<9} {'plain ms':>9} {'bild ms':>9} {'plain MB':>9} {'bild MB':>9}")
 steps = {}
 for backbone in ("ffanet", "msbdn"):
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "bf16-nchw"):
         name = f"step_{backbone}_{precision}"
         try:
             (r,) = json.loads((out / f"{name}.out").read_text())
@@ -102,6 +105,11 @@ for backbone in ("ffanet", "msbdn"):
         a, b = steps[backbone, "fp32"], steps[backbone, "bf16"]
         print(f"  {backbone}: bf16 is {a['plain_ms'] / b['plain_ms']:.2f}x (plain) and {a['bild_ms'] / b['bild_ms']:.2f}x "
               f"(BILD) as fast as fp32, with {b['bild_step_mb'] / max(a['bild_step_mb'], 1):.2f}x the step memory")
+    if (backbone, "bf16") in steps and (backbone, "bf16-nchw") in steps:
+        nhwc, nchw = steps[backbone, "bf16"], steps[backbone, "bf16-nchw"]
+        layout = "NHWC" if nhwc["channels_last"] else "NCHW"
+        print(f"  {backbone}: the default layout on this device ({layout}) is {nchw['plain_ms'] / nhwc['plain_ms']:.2f}x "
+              f"as fast as NCHW in bf16 (plain step)")
 
 print("[trials sharing one GPU: ffanet small, crop 128, 4 trials x 2 epochs x 25 steps]")
 for k in (1, 2, 4):
