@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .config import group_options
@@ -22,6 +23,7 @@ from .config import group_options
 __all__ = [
     "INTERRUPTED",
     "add_inference_flags",
+    "add_init_flag",
     "add_policy_flag",
     "add_threads_flag",
     "flag_overrides",
@@ -92,6 +94,16 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                         help="tile size, or the long side for resize (default 512; at least 2x the tile overlap)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_threads_flag(parser)
+
+
+def add_init_flag(parser: argparse.ArgumentParser) -> None:
+    """``--init MODEL``: training starts from a model's weights; map it with ``"init": "train.init"``.
+
+    The path is made absolute, so a search's trials (which run in their own folders) find it.
+    """
+    parser.add_argument("--init", type=lambda p: str(Path(p).resolve()), metavar="MODEL",
+                        help="start from this model's weights: a model folder (imported or promoted), model file or "
+                             "checkpoint.pt of the same backbone and preset")
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -44,6 +44,7 @@ from .data.loader import StepCrops
 from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .evaluation.references import hazy_reference
 from .files import atomic_write_text
+from .models.store import init_weights
 
 __all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "bild_config", "check_training_config",
            "check_value", "format_epoch", "load_index", "train"]
@@ -152,7 +153,14 @@ class Trainer:
             self.train_idx = list(train_pairs)
         torch.manual_seed(cfg.seed)
         self.backbone_kwargs = backbone_kwargs(cfg.backbone.name, cfg.backbone.preset)
-        self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs).to(self.device)
+        init = None
+        if tr.init is not None:  # start from a model's weights; its kwargs (an import's, say) rebuild it exactly
+            self.backbone_kwargs, init, tr.init_sha256 = init_weights(tr.init, cfg.backbone.name,
+                                                                      cfg.backbone.preset, tr.init_sha256)
+        self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs)
+        if init is not None:
+            self.backbone.load_state_dict(init)
+        self.backbone = self.backbone.to(self.device)
         if tr.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         inner_opt = torch.optim.Adam(self.backbone.parameters(), lr=tr.inner_lr, betas=(0.9, 0.999))

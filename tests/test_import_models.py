@@ -1,0 +1,272 @@
+"""Original repositories' checkpoints in, fine-tuned models out: import, fidelity, --init, cards of any provenance."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from conftest import REALDATA
+from pipeline import evaluate, train
+from pipeline.backbones import backbone_kwargs, create_backbone, original_format, to_original
+from pipeline.bild.step import per_crop_l1
+from pipeline.config import compose_config
+from pipeline.evaluation import scoring
+from pipeline.models import load_model
+from pipeline.models.__main__ import main as models_main
+from pipeline.models.importing import expected_tensors, import_original
+from pipeline.models.store import file_sha256
+from pipeline.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PUBLISHED_AODNET = REALDATA.parent / "published" / "aodnet" / "dehazer.pth"
+needs_published = pytest.mark.skipif(not PUBLISHED_AODNET.is_file(), reason="../shared/published/aodnet absent")
+
+
+def _input(size: int = 32) -> torch.Tensor:
+    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _original_file(tmp_path: Path, backbone: str, preset: str, wrap=lambda sd: sd, seed: int = 0
+                   ) -> tuple[Path, torch.nn.Module]:
+    """An original-format checkpoint written from a project network with random weights, and that network."""
+    fmt = original_format(backbone)
+    torch.manual_seed(seed)
+    model = create_backbone(backbone, preset, **fmt.kwargs).eval()
+    with torch.no_grad():  # every parameter off its initial value, so a slice taken wrong shows
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    state = to_original(fmt, model.state_dict(), backbone_kwargs(backbone, preset, **fmt.kwargs))
+    file = tmp_path / f"{backbone}-original.pth"
+    torch.save(wrap(state), file)
+    return file, model
+
+
+def _one_error_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+# --- the published AOD-Net ------------------------------------------------------------------------
+
+
+def _original_aodnet(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The PyTorch port's AOD-Net forward, written out by hand from its e_conv1..5."""
+    def conv(i: int, h: torch.Tensor) -> torch.Tensor:
+        w = state[f"e_conv{i}.weight"]
+        return F.relu(F.conv2d(h, w, state[f"e_conv{i}.bias"], padding=w.shape[-1] // 2))
+
+    x1 = conv(1, x)
+    x2 = conv(2, x1)
+    x3 = conv(3, torch.cat((x1, x2), 1))
+    x4 = conv(4, torch.cat((x2, x3), 1))
+    k = conv(5, torch.cat((x1, x2, x3, x4), 1))
+    return F.relu(k * x - k + 1)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not PUBLISHED_AODNET.is_file():
+        pytest.skip("../shared/published/aodnet absent")
+    out = tmp_path_factory.mktemp("models") / "published-aodnet"
+    assert models_main(["import", "--backbone", "aodnet", str(PUBLISHED_AODNET), "--out", str(out)]) == 0
+    return out
+
+
+@needs_published
+def test_published_aodnet_imports_and_computes_the_original_forward(published: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    card = json.loads((published / "card.json").read_text())
+    assert card["provenance"] == "imported" and card["preset"] == "paper"
+    assert card["imported"]["sha256"] == file_sha256(PUBLISHED_AODNET)
+    assert "TheFairBear/PyTorch-Image-Dehazing" in card["imported"]["repository"] and card["imported"]["commit"]
+    model, meta = load_model(published)
+    x = _input(48)
+    reference = _original_aodnet(torch.load(PUBLISHED_AODNET, map_location="cpu", weights_only=True), x)
+    with torch.no_grad():
+        assert (model(x) - reference).abs().max() < 1e-6
+
+
+@needs_published
+@pytest.mark.skipif(not (REALDATA / "sots_indoor").is_dir(), reason="../shared/realdata/sots_indoor absent")
+def test_published_aodnet_scores_its_published_psnr_on_sots_indoor(published: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    argv = ["--model", str(published), "--dataset", "auto", "--data-root", str(REALDATA / "sots_indoor"),
+            "--max-images", "20", "--device", "cpu"]
+    assert evaluate.main(argv) == 0
+    assert "aodnet@published-aodnet" in capsys.readouterr().out  # a card without source or version
+    rows = scoring.evaluate(published, "sots-indoor", REALDATA / "sots_indoor", max_images=20, device="cpu")
+    psnr = scoring.summarize(rows).filter(pl.col("method") == "aodnet@published-aodnet")["psnr"][0]
+    assert 17.5 < psnr < 21, psnr  # published: 19.06 dB on the full 500-image set
+
+
+# --- round trips through the other originals' formats ---------------------------------------------
+
+
+@pytest.mark.parametrize(("backbone", "preset", "wrap"), [
+    ("dehazenet", "paper", lambda sd: sd),
+    # zhilin007/FFA-Net saves {'model': DataParallel state dict} (plus its training state)
+    ("ffanet", "small", lambda sd: {"step": 5, "model": {f"module.{k}": v for k, v in sd.items()}}),
+    ("griddehazenet", "paper", lambda sd: {f"module.{k}": v for k, v in sd.items()}),
+    ("msbdn", "small", lambda sd: sd),
+])
+def test_round_trip_through_the_original_format(backbone: str, preset: str, wrap, tmp_path: Path) -> None:
+    file, model = _original_file(tmp_path, backbone, preset, wrap)
+    card = import_original(backbone, file, tmp_path / "imported", preset=preset)
+    assert card["label"] == f"{backbone}@imported" and card["imported"]["sha256"] == file_sha256(file)
+    imported, _ = load_model(tmp_path / "imported")
+    x = _input(32)
+    with torch.no_grad():
+        assert (imported(x) - model(x)).abs().max() < 1e-6
+
+
+def _original_count(backbone: str) -> int:
+    fmt = original_format(backbone)
+    _, shapes = expected_tensors(fmt, backbone, backbone_kwargs(backbone, "paper", **fmt.kwargs))
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+@pytest.mark.parametrize(("backbone", "original"), [
+    ("aodnet", 1_761), ("dehazenet", 8_305), ("ffanet", 4_455_913), ("griddehazenet", 958_051),
+    ("msbdn", 31_353_061),
+])
+def test_paper_networks_have_the_originals_parameter_counts(backbone: str, original: int) -> None:
+    assert _original_count(backbone) == original  # GridDehazeNet: 958,051 with its shared coefficient tensor
+
+
+def test_griddehazenet_takes_each_nodes_slice_of_the_shared_attention(tmp_path: Path) -> None:
+    file, model = _original_file(tmp_path, "griddehazenet", "tiny")
+    coefficient = torch.load(file, weights_only=True)["coefficient"]
+    assert coefficient.shape == (3, 2, 2, 16)
+    import_original("griddehazenet", file, tmp_path / "g", preset="tiny")
+    imported, _ = load_model(tmp_path / "g")
+    # tiny: width 2, so the up half's nodes (0, 1) and (1, 1) fuse, with 4 and 8 channels
+    assert torch.equal(imported.fusion["1_1"].weight, coefficient[1, 1, :, :8])
+    assert torch.equal(imported.fusion["0_1"].weight, coefficient[0, 1, :, :4])
+
+
+# --- refused imports -------------------------------------------------------------------------------
+
+
+class Evil:
+    def __reduce__(self) -> tuple:
+        return print, ("ran code from a checkpoint",)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda sd: {**sd, "extra.weight": torch.zeros(1)}, "has tensor 'extra.weight'"),
+    (lambda sd: {k: v for k, v in sd.items() if k != "e_conv3.bias"}, "lacks tensor 'e_conv3.bias'"),
+    (lambda sd: {**sd, "e_conv2.weight": torch.zeros(3, 3, 5, 5)}, "tensor 'e_conv2.weight' has shape [3, 3, 5, 5]"),
+    (lambda sd: [sd], "holds a list, not a state dict"),
+    (lambda sd: {**sd, "x": Evil()}, "refused: unpickling it would need more"),
+])
+def test_refused_imports_give_one_line(change, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    file, _ = _original_file(tmp_path, "aodnet", "paper", change)
+    assert models_main(["import", "--backbone", "aodnet", str(file), "--out", str(tmp_path / "m")]) == 2
+    assert message in _one_error_line(capsys) and not (tmp_path / "m").exists()
+
+
+def test_import_of_the_wrong_backbone_names_the_first_missing_tensor(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    file, _ = _original_file(tmp_path, "aodnet", "paper")
+    assert models_main(["import", "--backbone", "ffanet", str(file)]) == 2
+    assert "lacks tensor 'pre.0.weight'" in _one_error_line(capsys)
+
+
+# --- --init ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def imported_aodnet(tmp_path: Path) -> Path:
+    file, _ = _original_file(tmp_path, "aodnet", "paper", seed=3)
+    return Path(import_original("aodnet", file, tmp_path / "aodnet-imported")["path"])
+
+
+@pytest.mark.parametrize("mode", ["plain", "bild"])
+def test_init_first_step_loss_is_the_init_models_loss(imported_aodnet: Path, mode: str) -> None:
+    cfg = compose_config(["backbone=aodnet", "backbone.preset=paper", f"mode={mode}", "dataset.crop=32",
+                          "train.steps_per_epoch=1", "train.loader_workers=0", "progress=false", "device=cpu",
+                          f"train.init={imported_aodnet}"])
+    trainer = Trainer(cfg)
+    first = []
+    trainer.train_epoch(on_step=lambda batch, stats: first.append((batch.hazy, batch.clear, stats.crop_loss)))
+    hazy, clear, loss = first[0]
+    model, _ = load_model(imported_aodnet)
+    with torch.no_grad():
+        assert abs(per_crop_l1(model(hazy), clear).mean().item() - loss) < 1e-6
+    assert cfg.train.init_sha256 == file_sha256(imported_aodnet / "model.safetensors")
+
+
+def test_train_init_records_the_model_and_refuses_another_preset(imported_aodnet: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    common = ["--backbone", "aodnet", "--init", str(imported_aodnet), "--epochs", "1", "--steps", "1", "--crop", "32",
+              "--device", "cpu", "train.loader_workers=0", "progress=false", "dataset.select_images=2"]
+    assert train.main([*common, "--preset", "paper", "--run-dir", str(tmp_path / "run")]) == 0
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")  # the run's config records the model and its sha256
+    assert saved.train.init == str(imported_aodnet)
+    assert saved.train.init_sha256 == file_sha256(imported_aodnet / "model.safetensors")
+    capsys.readouterr()
+    assert train.main([*common, "--preset", "tiny", "--run-dir", str(tmp_path / "other")]) == 2
+    assert "is a aodnet paper model; expected a aodnet tiny model" in _one_error_line(capsys)
+
+
+def test_search_trials_start_from_init_and_the_card_records_it(imported_aodnet: Path, tmp_path: Path) -> None:
+    import ray
+
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.models.promotion import promote
+    from pipeline.search import search
+
+    try:
+        summary = search(["--backbone", "aodnet", "--preset", "paper", "--init", str(imported_aodnet),
+                          "--storage", str(tmp_path), "--name", "init", "--trials", "2", "--epochs", "1",
+                          "train.steps_per_epoch=2", "dataset.crop=32", "dataset.select_images=2"])
+    finally:
+        ray.shutdown()
+    sha256 = file_sha256(imported_aodnet / "model.safetensors")
+    checkpoints = sorted(Path(summary["experiment_dir"]).rglob("checkpoint.pt"))
+    assert len(checkpoints) >= 2
+    for ckpt in checkpoints:
+        assert load_checkpoint(ckpt)["config"]["train"]["init_sha256"] == sha256
+    card = promote(summary["experiment_dir"], tmp_path / "models")
+    assert card["config"]["train"]["init"] == str(imported_aodnet) and card["config"]["train"]["init_sha256"] == sha256
+
+
+# --- cards of any provenance -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("source", "somewhere", "source is missing or not a dict"),
+    ("version", 3, "version is missing or not a str"),
+    ("source", {"checkpoint": 7}, "source.checkpoint is missing or not a str"),
+])
+def test_malformed_card_fields_give_one_line(imported_aodnet: Path, make_dataset, field: str, value, message: str,
+                                             capsys: pytest.CaptureFixture) -> None:
+    card_file = imported_aodnet / "card.json"
+    card = json.loads(card_file.read_text())
+    card_file.write_text(json.dumps({**card, field: value}))
+    root = make_dataset(["a_1.png"], ["a.png"])
+    argv = ["--model", str(imported_aodnet), "--dataset", "auto", "--data-root", str(root), "--device", "cpu"]
+    assert evaluate.main(argv) == 2
+    line = _one_error_line(capsys)
+    assert str(card_file) in line and message in line
+
+
+def test_a_card_without_provenance_is_labelled_by_its_folder(imported_aodnet: Path, make_dataset,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    card_file = imported_aodnet / "card.json"
+    card = json.loads(card_file.read_text())
+    bare = {k: card[k] for k in ("format", "backbone", "preset", "kwargs", "weights")}  # no source, no version
+    card_file.write_text(json.dumps(bare))
+    root = make_dataset(["a_1.png"], ["a.png"])
+    assert evaluate.main(["--model", str(imported_aodnet), "--dataset", "auto", "--data-root", str(root),
+                          "--device", "cpu"]) == 0
+    assert "aodnet@aodnet-imported" in capsys.readouterr().out
