@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(rows: list[dict[str, Any]] | pl.DataFrame, out: Path, meta: dict[str, str]) -> None:
-    images = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+    # Every row read for the schema: plain and init rows have no weights (None) before BILD's have them.
+    images = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows, infer_schema_length=None)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The settings travel inside the Parquet file, so --summarize can redraw the table from it alone.
     table = images.to_arrow().replace_schema_metadata({META_KEY: json.dumps(meta)})

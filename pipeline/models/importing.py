@@ -31,7 +31,8 @@ __all__ = ["expected_tensors", "import_original", "original_state_dict"]
 
 WRAPPERS = ("model", "state_dict", "net")  # keys training scripts keep the state dict under
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
-ADVICE = "an original checkpoint holds only tensors; this file wants to run code, so it is not imported"
+ADVICE = ("nothing in it is run; a whole pickled model (MSBDN-DFF's model.pkl) imports as its state dict: "
+          "torch.save(model.state_dict(), 'state.pth') where you trust the file and its code, then import state.pth")
 EXPECTED = "expected a PyTorch state dict, or a dict holding one under 'model' or 'state_dict'"
 
 
