@@ -239,6 +239,23 @@ def test_search_trials_start_from_init_and_the_card_records_it(imported_aodnet: 
     assert card["config"]["train"]["init"] == str(imported_aodnet) and card["config"]["train"]["init_sha256"] == sha256
 
 
+def test_bild_vs_plain_fine_tunes_from_init_and_scores_it(imported_aodnet: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bild_vs_plain.py"
+    subprocess.run([sys.executable, str(script), "--dataset", "builtin", "--preset", "paper", "--crop", "32",
+                    "--steps", "4", "--epochs", "2", "--seeds", "0", "--levers", "bild", "--init", str(imported_aodnet),
+                    "--out", str(out)], capture_output=True, text=True, check=True)
+    images = pl.read_parquet(out.with_suffix(".parquet"))
+    steps = dict(images.group_by("lever").agg(pl.col("steps").first()).iter_rows())
+    assert steps == {"init": 0, "plain": 4, "bild": 4}  # the model as imported, then both fine-tunes at equal steps
+    init = images.filter(pl.col("lever") == "init")
+    assert init.height == images.filter(pl.col("lever") == "plain").height and init["psnr"].is_finite().all()
+    assert f"fine-tuning {imported_aodnet}" in out.with_suffix(".md").read_text()
+
+
 # --- cards of any provenance -------------------------------------------------------------------------
 
 
