@@ -77,9 +77,9 @@ def to_original(fmt: OriginalFormat, weights: Mapping[str, torch.Tensor], kwargs
                 ) -> dict[str, torch.Tensor]:
     """The project's ``weights`` as the original repository's state dict (its names, its shared tensors)."""
     state = {original: weights[name].clone() for name, original in original_names(fmt, list(weights), kwargs).items()}
+    dtype = next(iter(weights.values())).dtype
     for p in fmt.packed:
-        first = next(iter(weights.values()))
-        tensor = torch.full(p.shape(kwargs), p.fill, dtype=first.dtype)
+        tensor = torch.full(p.shape(kwargs), p.fill, dtype=dtype)
         for name, index in p.slices(kwargs).items():
             tensor[index] = weights[name]
         state[p.name] = tensor

@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from ..backbones import backbone_kwargs, build_from_kwargs, original_format, original_names
-from ..backbones._original import OriginalFormat
+from ..backbones import OriginalFormat, backbone_kwargs, build_from_kwargs, original_format, original_names
 from ..checkpoints import CheckpointError, safe_load
 from .store import MODEL_FILE, build_backbone, file_sha256, model_label, save_model
 
