@@ -312,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     common, seeds = _common(a), [int(s) for s in a.seeds.split(",")]
     job = lambda lever, seed, seconds=None: dict(  # noqa: E731
         lever=lever, seed=seed, common=common, steps=a.steps, wrong_fraction=a.wrong_targets, threads=1, seconds=seconds)
-    meta = _meta(a, common, argv)
+    try:
+        meta = _meta(a, common, argv)  # builds a Trainer: a --init model of another backbone or preset stops here
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     rows: list[dict[str, Any]] = []
     # Seed by seed, plain first, and the files rewritten after every run: an interrupted
     # benchmark keeps every seed it finished.

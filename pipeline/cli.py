@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .config import group_options
@@ -97,11 +96,8 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_init_flag(parser: argparse.ArgumentParser) -> None:
-    """``--init MODEL``: training starts from a model's weights; map it with ``"init": "train.init"``.
-
-    The path is made absolute, so a search's trials (which run in their own folders) find it.
-    """
-    parser.add_argument("--init", type=lambda p: str(Path(p).resolve()), metavar="MODEL",
+    """``--init MODEL``: training starts from a model's weights; map it with ``"init": "train.init"``."""
+    parser.add_argument("--init", metavar="MODEL",
                         help="start from this model's weights: a model folder (imported or promoted), model file or "
                              "checkpoint.pt of the same backbone and preset")
 

@@ -155,6 +155,7 @@ class Trainer:
         self.backbone_kwargs = backbone_kwargs(cfg.backbone.name, cfg.backbone.preset)
         init = None
         if tr.init is not None:  # start from a model's weights; its kwargs (an import's, say) rebuild it exactly
+            tr.init = str(Path(tr.init).resolve())  # made absolute where the run starts: trials run elsewhere
             self.backbone_kwargs, init, tr.init_sha256 = init_weights(tr.init, cfg.backbone.name,
                                                                       cfg.backbone.preset, tr.init_sha256)
         self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs)
