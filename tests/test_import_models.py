@@ -127,6 +127,101 @@ def test_round_trip_through_the_original_format(backbone: str, preset: str, wrap
         assert (imported(x) - model(x)).abs().max() < 1e-6
 
 
+def _original_ffa(sd: dict[str, torch.Tensor], hazy: torch.Tensor, groups: int, blocks: int) -> torch.Tensor:
+    """zhilin007/FFA-Net's forward written out by hand from its state dict, its data loader's normalisation first."""
+    x = (hazy - torch.tensor([0.64, 0.6, 0.58]).view(1, 3, 1, 1)) / torch.tensor([0.14, 0.15, 0.152]).view(1, 3, 1, 1)
+
+    def conv(name: str, h: torch.Tensor) -> torch.Tensor:
+        w = sd[f"{name}.weight"]
+        return F.conv2d(h, w, sd[f"{name}.bias"], padding=w.shape[-1] // 2)
+
+    def attention(a: str, b: str, h: torch.Tensor, pooled: bool) -> torch.Tensor:
+        return torch.sigmoid(conv(b, F.relu(conv(a, h.mean((2, 3), keepdim=True) if pooled else h))))
+
+    def block(p: str, h: torch.Tensor) -> torch.Tensor:
+        r = conv(f"{p}.conv2", F.relu(conv(f"{p}.conv1", h)) + h)
+        r = r * attention(f"{p}.calayer.ca.0", f"{p}.calayer.ca.2", r, pooled=True)
+        return r * attention(f"{p}.palayer.pa.0", f"{p}.palayer.pa.2", r, pooled=False) + h
+
+    h, outs = conv("pre.0", x), []
+    for g in range(1, groups + 1):
+        r = h
+        for k in range(blocks):
+            r = block(f"g{g}.gp.{k}", r)
+        h = conv(f"g{g}.gp.{blocks}", r) + h
+        outs.append(h)
+    w = attention("ca.1", "ca.3", torch.cat(outs, 1), pooled=True).view(-1, groups, h.shape[1], 1, 1)
+    out = sum(w[:, i] * outs[i] for i in range(groups))
+    out = out * attention("palayer.pa.0", "palayer.pa.2", out, pooled=False)
+    return conv("post.1", conv("post.0", out)) + x
+
+
+def test_imported_ffanet_computes_the_original_forward(tmp_path: Path) -> None:
+    file, _ = _original_file(tmp_path, "ffanet", "small")
+    import_original("ffanet", file, tmp_path / "ffa", preset="small")
+    model, _ = load_model(tmp_path / "ffa")
+    x = _input(24)
+    with torch.no_grad():
+        reference = _original_ffa(torch.load(file, weights_only=True), x, groups=1, blocks=3)
+        assert (model(x) - reference).abs().max() < 1e-5
+
+
+def _original_grid(sd: dict[str, torch.Tensor], x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """proteus1991/GridDehazeNet's forward written out by hand from its state dict, its shared coefficient
+    sliced to channel_num = 2**(i-1) * stride * depth_rate as the original does (sides multiples of 4)."""
+    def conv(name: str, h: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        w = sd[f"{name}.weight"]
+        return F.conv2d(h, w, sd[f"{name}.bias"], stride=stride, padding=w.shape[-1] // 2)
+
+    def rdb(name: str, h: torch.Tensor) -> torch.Tensor:
+        out, i = h, 0
+        while f"{name}.residual_dense_layers.{i}.conv.weight" in sd:
+            out = torch.cat((out, F.relu(conv(f"{name}.residual_dense_layers.{i}.conv", out))), 1)
+            i += 1
+        return conv(f"{name}.conv_1x1", out) + h
+
+    def down(r: int, c: int, h: torch.Tensor) -> torch.Tensor:
+        return F.relu(conv(f"downsample_module.{r}_{c}.conv2", F.relu(conv(f"downsample_module.{r}_{c}.conv1", h, 2))))
+
+    def up(r: int, c: int, h: torch.Tensor) -> torch.Tensor:
+        p = f"upsample_module.{r}_{c}"
+        h = F.conv_transpose2d(h, sd[f"{p}.deconv.weight"], sd[f"{p}.deconv.bias"], stride=2, padding=1,
+                               output_padding=1)
+        return F.relu(conv(f"{p}.conv", F.relu(h)))
+
+    depth, coef, half = sd["conv_in.weight"].shape[0], sd["coefficient"], width // 2
+
+    def fuse(i: int, j: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = int(2 ** (i - 1) * 2 * depth)
+        return coef[i, j, 0, :n][None, :, None, None] * a + coef[i, j, 1, :n][None, :, None, None] * b
+
+    g = {(0, 0): rdb("rdb_in", conv("conv_in", x))}
+    for j in range(1, half):
+        g[0, j] = rdb(f"rdb_module.0_{j - 1}", g[0, j - 1])
+    for i in range(1, height):
+        g[i, 0] = down(i - 1, 0, g[i - 1, 0])
+    for i in range(1, height):
+        for j in range(1, half):
+            g[i, j] = fuse(i, j, rdb(f"rdb_module.{i}_{j - 1}", g[i, j - 1]), down(i - 1, j, g[i - 1, j]))
+    bottom = height - 1
+    for j in range(half, width):
+        g[bottom, j] = rdb(f"rdb_module.{bottom}_{j - 1}", g[bottom, j - 1])
+    for j in range(half, width):  # column half first for every row, then the columns after it, as the original
+        for i in range(height - 2, -1, -1):
+            g[i, j] = fuse(i, j, rdb(f"rdb_module.{i}_{j - 1}", g[i, j - 1]), up(i, j, g[i + 1, j]))
+    return F.relu(conv("conv_out", rdb("rdb_out", g[0, width - 1])))
+
+
+def test_imported_griddehazenet_computes_the_original_forward(tmp_path: Path) -> None:
+    file, _ = _original_file(tmp_path, "griddehazenet", "small")
+    import_original("griddehazenet", file, tmp_path / "grid", preset="small")
+    model, _ = load_model(tmp_path / "grid")
+    x = _input(32)
+    with torch.no_grad():
+        reference = _original_grid(torch.load(file, weights_only=True), x, height=3, width=4)
+        assert (model(x) - reference).abs().max() < 1e-5
+
+
 def _original_count(backbone: str) -> int:
     fmt = original_format(backbone)
     _, shapes = expected_tensors(fmt, backbone, backbone_kwargs(backbone, "paper", **fmt.kwargs))
