@@ -222,6 +222,67 @@ def test_imported_griddehazenet_computes_the_original_forward(tmp_path: Path) ->
         assert (model(x) - reference).abs().max() < 1e-5
 
 
+def _original_msbdn(sd: dict[str, torch.Tensor], x: torch.Tensor, blocks: int) -> torch.Tensor:
+    """BookerDeWitt/MSBDN-DFF's Net forward (4 levels, DFF mode iter2) written out by hand from its state dict."""
+    def layer(name: str, h: torch.Tensor, stride: int = 1) -> torch.Tensor:  # ConvLayer: reflection pad + conv
+        w = sd[f"{name}.conv2d.weight"]
+        return F.conv2d(F.pad(h, (w.shape[-1] // 2,) * 4, mode="reflect"), w, sd[f"{name}.conv2d.bias"], stride)
+
+    def residuals(names: list[str], h: torch.Tensor) -> torch.Tensor:
+        for p in names:
+            h = layer(f"{p}.conv2", F.prelu(layer(f"{p}.conv1", h), sd[f"{p}.relu.weight"])) * 0.1 + h
+        return h
+
+    def resample(p: str, h: torch.Tensor, up: bool) -> torch.Tensor:  # DeconvBlock / ConvBlock, 4x4 stride 2
+        op, kind = (F.conv_transpose2d, "deconv") if up else (F.conv2d, "conv")
+        return F.prelu(op(h, sd[f"{p}.{kind}.weight"], sd[f"{p}.{kind}.bias"], stride=2, padding=1),
+                       sd[f"{p}.act.weight"])
+
+    def dff(p: str, h: torch.Tensor, memory: list[torch.Tensor], encoder: bool) -> torch.Tensor:
+        first, back = ("up_convs", "down_convs") if encoder else ("down_convs", "up_convs")
+        steps = sum(k.startswith(f"{p}.{first}.") and k.endswith(".act.weight") for k in sd)
+        fused = h
+        for i, feat in enumerate(memory):
+            t = fused
+            for j in range(steps - i):
+                t = resample(f"{p}.{first}.{j}", t, up=encoder)
+            t = t - feat
+            for j in range(steps - i):
+                t = resample(f"{p}.{back}.{steps - i - j - 1}", t, up=not encoder)
+            fused = fused + t
+        return fused
+
+    stack = lambda name: [f"{name}.{k}" for k in range(blocks)]  # noqa: E731
+    feat = layer("conv_input", x)
+    memory, skips = [feat], []
+    for n, scale in enumerate((2, 4, 8, 16)):
+        skip = residuals(stack(f"dense{n}"), feat) + feat
+        skips.append(skip)
+        feat = dff(f"fusion{n + 1}", layer(f"conv{scale}x", skip, 2), memory, encoder=True)
+        memory.append(feat)
+    bottleneck = [k[:-len(".relu.weight")] for k in sd if k.startswith("dehaze.") and k.endswith(".relu.weight")]
+    feat = residuals(bottleneck, 2 * feat) + 2 * feat - feat
+    memory = [feat]
+    for n, scale in zip((3, 2, 1, 0), (16, 8, 4, 2)):
+        upsampled = F.conv_transpose2d(feat, sd[f"convd{scale}x.conv2d.weight"], sd[f"convd{scale}x.conv2d.bias"], stride=2)
+        upsampled = F.interpolate(upsampled, size=skips[n].shape[2:], mode="bilinear")
+        strengthened = upsampled + skips[n]
+        feat = residuals(stack(f"dense_{n + 1}"), strengthened) + strengthened - upsampled
+        feat = dff(f"fusion_{n + 1}", feat, memory, encoder=False)
+        memory.append(feat)
+    return layer("conv_output", feat)
+
+
+def test_imported_msbdn_computes_the_original_forward(tmp_path: Path) -> None:
+    file, _ = _original_file(tmp_path, "msbdn", "small")
+    import_original("msbdn", file, tmp_path / "msbdn", preset="small")
+    model, _ = load_model(tmp_path / "msbdn")
+    x = _input(32)
+    with torch.no_grad():
+        reference = _original_msbdn(torch.load(file, weights_only=True), x, blocks=2)
+        assert (model(x) - reference).abs().max() < 1e-5
+
+
 def _original_count(backbone: str) -> int:
     fmt = original_format(backbone)
     _, shapes = expected_tensors(fmt, backbone, backbone_kwargs(backbone, "paper", **fmt.kwargs))
