@@ -30,11 +30,11 @@ SCALE = 1e-39  # times a normal-sized activation: inside float32's denormal rang
 def _models(model_path: str | None) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     """(the model whose activations go denormal, a fresh model of the same backbone and shape, its name)."""
     from pipeline.backbones import build_from_kwargs
-    from pipeline.models import load_model, model_label
+    from pipeline.models import load_model, model_label, resolve_model_file
 
     if model_path:
         slow, meta = load_model(model_path)
-        return slow, _fresh_like(slow), model_label(meta)
+        return slow, _fresh_like(slow), model_label(meta, resolve_model_file(model_path))
     torch.manual_seed(0)
     fresh = build_from_kwargs("aodnet", {}).eval()
     slow = build_from_kwargs("aodnet", {}).eval()

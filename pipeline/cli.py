@@ -22,6 +22,7 @@ from .config import group_options
 __all__ = [
     "INTERRUPTED",
     "add_inference_flags",
+    "add_init_flag",
     "add_policy_flag",
     "add_threads_flag",
     "flag_overrides",
@@ -96,6 +97,13 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                         help="autocast of the model: auto (bf16 on a CUDA device that supports it, else fp32) | "
                              "fp32 | bf16 | fp16")
     add_threads_flag(parser)
+
+
+def add_init_flag(parser: argparse.ArgumentParser) -> None:
+    """``--init MODEL``: training starts from a model's weights; map it with ``"init": "train.init"``."""
+    parser.add_argument("--init", metavar="MODEL",
+                        help="start from this model's weights: a model folder (imported or promoted), model file or "
+                             "checkpoint.pt of the same backbone and preset")
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

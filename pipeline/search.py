@@ -4,6 +4,7 @@
     python -m pipeline.search --backbone ffanet --mode both --trials 8 --epochs 10
     python -m pipeline.search --backbone msbdn --name msbdn-a --resume   # continue after Ctrl-C / a crash
     python -m pipeline.search --backbone msbdn --address HEAD_IP:6379 --storage /shared/runs
+    python -m pipeline.search --backbone aodnet --preset paper --init models/aodnet/dehazer   # every trial starts from it
 
 Every flag is checked before any Ray work starts. Trailing ``key=value`` arguments are Hydra
 overrides of the training config (e.g. ``train.steps_per_epoch=20 dataset.crop=96``);
@@ -18,7 +19,7 @@ import sys
 from typing import Any
 
 from .backbones import list_backbones
-from .cli import add_policy_flag, flag_overrides, positive_int, run_command
+from .cli import add_init_flag, add_policy_flag, flag_overrides, positive_int, run_command
 from .tune.experiment import MODES, SearchRequest, format_summary, run_experiment
 from .tune.runner import Trainable
 from .tune.trainable import train_trial
@@ -33,6 +34,7 @@ CONFIG_FLAGS = {
     "epochs": "train.epochs",
     "policy": "policy=",
     "seed": "seed",
+    "init": "train.init",
 }
 SPACE_OVERRIDES = ("search_space=", "search_spaces=")
 
@@ -51,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default=None, choices=MODES,
                    help="bild (default); plain (the baseline); both: the same trial budget on each, for comparison")
     add_policy_flag(p)
+    add_init_flag(p)
     p.add_argument("--trials", type=int, default=None, help="trials per mode (default: the search space's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial, ASHA's max_t (default: config's train.epochs)")
     p.add_argument("--concurrency", type=int, default=None,

@@ -45,6 +45,7 @@ from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .evaluation.references import hazy_reference
 from .files import atomic_write_text
 from .hardware import allow_tf32, cudnn_autotune, grad_scaler, resolve_precision
+from .models.store import init_weights
 
 __all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "bild_config", "check_training_config",
            "check_value", "for_device", "format_epoch", "load_index", "train"]
@@ -174,7 +175,15 @@ class Trainer:
             self.train_idx = list(train_pairs)
         torch.manual_seed(cfg.seed)
         self.backbone_kwargs = backbone_kwargs(cfg.backbone.name, cfg.backbone.preset)
-        self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs).to(self.device)
+        init = None
+        if tr.init is not None:  # start from a model's weights; its kwargs (an import's, say) rebuild it exactly
+            tr.init = str(Path(tr.init).resolve())  # made absolute where the run starts: trials run elsewhere
+            self.backbone_kwargs, init, tr.init_sha256 = init_weights(tr.init, cfg.backbone.name,
+                                                                      cfg.backbone.preset, tr.init_sha256)
+        self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs)
+        if init is not None:
+            self.backbone.load_state_dict(init)
+        self.backbone = self.backbone.to(self.device)
         if tr.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         if tr.compile:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..data import PairIndex, read_index, to_tensor
 from ..files import atomic_write
 from ..hardware import resolve_precision
-from ..models import load_model, model_label
+from ..models import load_model, model_label, resolve_model_file
 from .baselines import dark_channel_prior
 from .inference import STRATEGIES, dehaze_tensor, resolve_device
 from .metrics import psnr, ssim
@@ -170,7 +170,7 @@ def evaluate(
         raise ValueError(f"--strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     rows = RowFile(out)
     model, meta = load_model(model_path)
-    label = model_label(meta)
+    label = model_label(meta, resolve_model_file(model_path))
     dev = resolve_device(device)
     methods = _methods(model.to(dev), label, dev, strategy, tile, resolve_precision(precision, dev))
     index = read_index(root, layout)

@@ -214,6 +214,10 @@ def _git_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def _promoted(card: dict[str, Any]) -> bool:
+    return card.get("version") is not None and "experiment" in (card.get("source") or {})
+
+
 def _index_row(card: dict[str, Any], folder: Path) -> dict[str, Any]:
     # Cards written before the per-epoch subset existed scored the whole selection set as "measured".
     source, test = card["source"], card["test"]
@@ -233,8 +237,9 @@ def _index_row(card: dict[str, Any], folder: Path) -> dict[str, Any]:
 def write_index(models_dir: str | os.PathLike) -> Path:
     """Rebuild ``index.parquet`` from every card under ``models_dir`` (so it can never drift from them)."""
     models_dir = Path(models_dir)
-    cards = sorted(models_dir.glob(f"*/v*/{CARD_FILE}"))
-    rows = [_index_row(read_card(c), c.parent) for c in cards]
+    cards = [(read_card(c), c.parent) for c in sorted(models_dir.glob(f"*/v*/{CARD_FILE}"))]
+    # Only promotions are indexed: a model imported or converted into a v<N> folder has no trial to list.
+    rows = [_index_row(card, folder) for card, folder in cards if _promoted(card)]
     rows.sort(key=lambda r: (r["backbone"], int(r["version"][1:])))
     return write_rows(models_dir / "index.parquet", rows, INDEX_SCHEMA)
 

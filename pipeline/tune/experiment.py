@@ -202,7 +202,9 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairIndex, Sea
                            "--gpus-per-trial, else the CPU); drop the device override")
     index = load_index(cfg)
     # A bad config fails here, before Ray; on the CPU, so the driver takes no GPU memory from the trials.
-    Trainer(OmegaConf.merge(cfg, {"device": "cpu"}), index)
+    checked = Trainer(OmegaConf.merge(cfg, {"device": "cpu"}), index).cfg.train
+    # Every trial starts from the same init model, found wherever the trial runs: its absolute path and sha256.
+    cfg.train.init, cfg.train.init_sha256 = checked.init, checked.init_sha256
     return cfg, space, index, opts
 
 
