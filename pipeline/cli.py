@@ -5,6 +5,7 @@ Command modules (``python -m pipeline.train``, ``search``, ...) hold only their 
 reports a bad input as one ``error:`` line with the same exit codes:
 
     0  done        2  bad input (a flag, file, key or value)        3  training diverged
+    4  a search ran but every trial failed (the most common failure is printed)
     130  interrupted (Ctrl-C or SIGTERM); what finished is kept
 """
 
@@ -20,9 +21,11 @@ from typing import Any
 from .config import group_options
 
 __all__ = [
+    "ALL_FAILED",
     "INTERRUPTED",
     "add_inference_flags",
     "add_policy_flag",
+    "add_quiet_flag",
     "add_threads_flag",
     "flag_overrides",
     "positive_int",
@@ -30,6 +33,7 @@ __all__ = [
 ]
 
 INTERRUPTED = 130
+ALL_FAILED = 4
 
 
 def flag_overrides(flags: dict[str, Any], mapping: dict[str, str]) -> list[str]:
@@ -81,8 +85,14 @@ def add_threads_flag(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: the CPUs this process may use, never more)")
 
 
+def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress bars (into a file or pipe they are redrawn every few seconds at most)."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--strategy``, ``--tile``, ``--device`` and ``--threads``: every CLI that runs a model on images."""
+    """``--model``, ``--strategy``, ``--tile``, ``--device``, ``--threads`` and ``--quiet``: every CLI that runs a
+    model on images."""
     from .evaluation.inference import STRATEGIES  # torch: only for the commands that run a model
 
     parser.add_argument("--model", required=True, metavar="PATH",
@@ -92,6 +102,7 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                         help="tile size, or the long side for resize (default 512; at least 2x the tile overlap)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_threads_flag(parser)
+    add_quiet_flag(parser)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
