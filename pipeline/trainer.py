@@ -319,7 +319,7 @@ class Trainer:
                     counts[key] += 1
             for stage, seconds in stats.times.items():
                 sums[f"ms_{stage}"] = sums.get(f"ms_{stage}", 0.0) + 1000 * seconds
-            bar.set_postfix(loss=f"{stats.loss:.4f}")
+            bar.set_postfix(loss=f"{stats.loss:.4f}", refresh=False)  # drawn at the bar's own pace
         self.epoch += 1
         metrics = {key: sums[key] / counts[key] if counts[key] else math.nan for key in STEP_STATS}
         metrics.update({key: value / steps for key, value in sums.items() if key.startswith("ms_")})

@@ -74,3 +74,17 @@ def nan_at_epoch(epoch: int) -> Callable[..., None]:
                 next(trainer.backbone.parameters()).fill_(math.nan)
 
     return _patched("train_epoch", poison)
+
+
+def cuts_checkpoint_then_dies_at_epoch(epoch: int) -> Callable[..., None]:
+    """Each trial's newest checkpoint (epoch ``epoch``) is cut to half its bytes, then its actor is SIGKILLed once:
+    what a crash mid-write on a filesystem without atomic renames, or a full disk, leaves behind."""
+
+    def cut_and_kill(trainer: Trainer, trial_dir: Path) -> None:
+        if trainer.epoch != epoch or (trial_dir / ".crashed_once").exists():
+            return
+        newest = trial_dir / f"checkpoint_{epoch - 1:06d}" / "checkpoint.pt"
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+        _kill_once(trial_dir)
+
+    return _patched("save", cut_and_kill, after=True)

@@ -13,8 +13,9 @@ def _address(hex_ip: str) -> str:
     raw = bytes.fromhex(hex_ip)
     if len(raw) == 4:
         return str(ipaddress.IPv4Address(raw[::-1]))
-    # IPv6: four 32-bit words, each in host (little-endian) order.
-    return str(ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))))
+    # IPv6: four 32-bit words, each in host (little-endian) order; an IPv4-mapped one is said as IPv4.
+    address = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return str(address.ipv4_mapped or address)
 
 
 def _listening_inodes() -> dict[str, tuple[str, int]]:

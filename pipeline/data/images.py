@@ -43,7 +43,7 @@ def skip_reason(path: Path) -> str | None:
     if path.name.startswith(".") or not path.is_file() or is_image_file(path):
         return None
     suffix = path.suffix.lower() or "no extension"
-    return f"{path}: skipped, {suffix} is not {FORMATS_READ}"
+    return f"{suffix} is not {FORMATS_READ}"
 
 
 # Pillow's integer modes wider than 8 bits: 16-bit grayscale PNGs open as one of these.

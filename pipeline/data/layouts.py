@@ -159,7 +159,8 @@ def _images(folder: Path) -> list[Path]:
 
 def _skipped(*folders: Path) -> list[str]:
     """Why each visible non-image file in ``folders`` is left out."""
-    return [reason for folder in folders for p in sorted(folder.iterdir()) if (reason := skip_reason(p))]
+    return [f"{p}: skipped, {reason}" for folder in folders for p in sorted(folder.iterdir())
+            if (reason := skip_reason(p))]
 
 
 def _check_root(root: Path, what: str = "dataset folder") -> None:

@@ -37,7 +37,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
         if item.is_dir():
             listed = sorted(item.iterdir())
             files += [p for p in listed if is_image_file(p)]
-            failed += [(str(p), reason.partition(": ")[2]) for p in listed if (reason := skip_reason(p))]
+            failed += [(str(p), reason) for p in listed if (reason := skip_reason(p))]
         elif not item.exists():
             failed.append((str(item), "does not exist"))
         elif not is_image_file(item):
