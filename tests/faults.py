@@ -76,15 +76,26 @@ def nan_at_epoch(epoch: int) -> Callable[..., None]:
     return _patched("train_epoch", poison)
 
 
+
 def cuts_checkpoint_then_dies_at_epoch(epoch: int) -> Callable[..., None]:
     """Each trial's newest checkpoint (epoch ``epoch``) is cut to half its bytes, then its actor is SIGKILLed once:
     what a crash mid-write on a filesystem without atomic renames, or a full disk, leaves behind."""
 
-    def cut_and_kill(trainer: Trainer, trial_dir: Path) -> None:
-        if trainer.epoch != epoch or (trial_dir / ".crashed_once").exists():
-            return
-        newest = trial_dir / f"checkpoint_{epoch - 1:06d}" / "checkpoint.pt"
-        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-        _kill_once(trial_dir)
+    def trial(config: dict[str, Any], **kwargs: Any) -> None:
+        marker_dir = Path(tune.get_context().get_trial_dir())
+        original = Trainer.save
 
-    return _patched("save", cut_and_kill, after=True)
+        def save(self: Trainer, path: Path, *args: Any, **kw: Any) -> Any:
+            out = original(self, path, *args, **kw)
+            if self.epoch == epoch and not (marker_dir / ".crashed_once").exists():
+                Path(path).write_bytes(Path(path).read_bytes()[: Path(path).stat().st_size // 2])
+                _kill_once(marker_dir)
+            return out
+
+        Trainer.save = save  # actors are reused: put it back whatever happens
+        try:
+            train_trial(config, **kwargs)
+        finally:
+            Trainer.save = original
+
+    return trial

@@ -254,7 +254,10 @@ class _StudySearch(OptunaSearch):
         """
         super().restore(checkpoint_path)
         saved = self._ot_study
-        study = optuna.load_study(study_name=saved.study_name, storage=saved._storage, sampler=saved.sampler)
+        # A fresh storage: the saved one remembers where each record began in the file as it was
+        # (a searcher saved before experiment_dir was kept has only that one).
+        storage = study_storage(self.experiment_dir) if hasattr(self, "experiment_dir") else saved._storage
+        study = optuna.load_study(study_name=saved.study_name, storage=storage, sampler=saved.sampler)
         by_ray_id = {t.user_attrs.get("trial_id"): t._trial_id for t in study.get_trials(deepcopy=False)}
         for ray_id, trial in self._ot_trials.items():
             if ray_id not in by_ray_id:
@@ -271,7 +274,7 @@ def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearc
     # Created here first so the study says what it optimises; OptunaSearch then loads it (load_if_exists).
     create_study(mode, space, opts.experiment_dir, opts.name)
     storage, name = study_storage(opts.experiment_dir), study_name(opts.name, mode)
-    return _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
+    searcher = _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
         space=space.for_mode(mode),
         metric=space.metric,
         mode=space.mode,
@@ -279,6 +282,8 @@ def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearc
         study_name=name,
         storage=storage,
     )
+    searcher.experiment_dir = opts.experiment_dir  # where restore() finds the journal again
+    return searcher
 
 
 def _fail_lost_study_trials(mode: str, grid: tune.ResultGrid, opts: SearchOptions) -> None:
