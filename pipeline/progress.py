@@ -27,7 +27,7 @@ def _is_terminal(stream: IO[str]) -> bool:
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, file: IO[str] | None = None,
                  **kwargs: Any) -> tqdm:
-    """``tqdm(iterable, **kwargs)`` on ``file`` (stderr), throttled when that is not a terminal, off unless ``enabled``."""
+    """``tqdm(iterable, **kwargs)`` on ``file`` (stderr): throttled off a terminal, off unless ``enabled``."""
     stream = file if file is not None else sys.stderr
     interval = 0.1 if _is_terminal(stream) else LOG_INTERVAL_S
     return tqdm(iterable, file=stream, disable=not enabled, mininterval=interval, maxinterval=max(interval, 10.0),

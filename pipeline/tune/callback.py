@@ -138,7 +138,7 @@ class ParquetResultsCallback(Callback):
         self._save(row, **changes)
 
     def _note_resume(self, row: dict[str, Any], result: dict) -> None:
-        """A restarted trial's note (what it resumed from, damaged checkpoints skipped): in the log once, and its row."""
+        """A restarted trial's note (damaged checkpoints skipped, what it resumed from): logged once, and in its row."""
         note = result.get("resumed_from")
         if note and note != row.get("resumed_from"):
             print(f"trial {row['trial_id']}: {note}", file=sys.stderr, flush=True)

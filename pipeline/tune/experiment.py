@@ -283,7 +283,7 @@ def failed_search(summary: dict[str, Any]) -> str | None:
     common = max((m["common_error"] for m in modes), key=lambda c: c["trials"])
     total = sum(m["trials"] for m in modes)
     return (f"all {total} trials failed; the most common failure ({common['trials']} of {total}): {common['error']} "
-            f"(each trial's error.txt under {summary['experiment_dir']} has the details)")
+            f"(every trial's error: the error column of {summary['results']}/trials)")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

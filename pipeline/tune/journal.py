@@ -113,12 +113,12 @@ def create_study(mode: str, space: SearchSpace, experiment_dir: Path, experiment
 
 
 def _study_trials(experiment_dir: Path, experiment: str, mode: str) -> dict[str, optuna.trial.FrozenTrial] | None:
-    """Ray trial id -> the study's trial; None when the journal has no such study."""
+    """Ray trial id -> the study's trial; None when the journal has no such study, or records Optuna cannot replay."""
     try:
         study = optuna.load_study(study_name=study_name(experiment, mode), storage=study_storage(experiment_dir))
-    except KeyError:
+        return {t.user_attrs.get("trial_id"): t for t in study.get_trials(deepcopy=False)}
+    except Exception:  # KeyError for a missing study; whole JSON lines that are not Optuna's records fail in many ways
         return None
-    return {t.user_attrs.get("trial_id"): t for t in study.get_trials(deepcopy=False)}
 
 
 def _agrees(study: dict[str, optuna.trial.FrozenTrial] | None, rows: list[dict[str, Any]], metric: str) -> bool:
