@@ -114,6 +114,7 @@ TRIAL_SCHEMA = pa.schema(
         *_IDENTITY,
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("resumed_from", pa.string()),  # restarted: damaged checkpoints skipped, the one it went on from
         pa.field("epochs", pa.int32()),
         pa.field("best_epoch", pa.int32()),
         pa.field("best_select_psnr", pa.float64()),
