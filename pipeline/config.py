@@ -95,7 +95,8 @@ RENAMED_KEYS = {"bild.entropy_coef": "bild.alpha"}
 # The paper's BILD step, whatever today's defaults are: the policy's weights unmixed, a fixed D_v.
 PAPER_STEP = {"bild.mix": 1.0, "train.val_rotation": False}
 # Training options added since runs were first saved -> the value that trains as those runs did.
-ADDED_KEYS = {**PAPER_STEP, "bild.ess_floor": 0.0, "train.bild_warmup_steps": 0}
+ADDED_KEYS = {**PAPER_STEP, "bild.ess_floor": 0.0, "train.bild_warmup_steps": 0, "bild.alignment_space": "sgd",
+              "bild.reward": "per_crop", "train.lr_schedule": "constant"}
 
 
 def paper_step_overrides() -> list[str]:

@@ -61,12 +61,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .alignment import ESTIMATORS, Params, alignment_fd, alignment_jvp, alignment_loop, per_crop_l1
+from .alignment import (
+    ALIGNMENT_SPACES,
+    ESTIMATORS,
+    Params,
+    adam_preconditioner,
+    alignment_fd,
+    alignment_jvp,
+    alignment_loop,
+    per_crop_l1,
+)
 from .reweighter import crop_log_weights
 
 __all__ = [
     "AlignmentFn",
     "MODES",
+    "REWARDS",
     "REWARD_NORMS",
     "BildConfig",
     "BildNets",
@@ -74,6 +84,7 @@ __all__ = [
     "NonFiniteLossError",
     "StepStats",
     "bild_step",
+    "batch_wide_policy_loss",
     "entropy_grad",
     "crop_rewards",
     "policy_loss",
@@ -84,6 +95,8 @@ __all__ = [
 
 MODES = ("plain", "bild", "bild-train")
 REWARD_NORMS = ("none", "batch")
+REWARDS = ("per_crop", "batch_wide")
+BASELINE_DECAY = 0.9  # the batch-wide reward's moving baseline: b <- 0.9 b + 0.1 R
 REGULARISERS = ("entropy", "uniform_kl")
 
 log = logging.getLogger(__name__)
@@ -112,6 +125,7 @@ class BildNets:
     inner_opt: torch.optim.Optimizer
     reweighter: nn.Module | None = None
     outer_opt: torch.optim.Optimizer | None = None
+    reward_baseline: float | None = None  # the batch-wide reward's moving baseline (bild.reward=batch_wide)
 
 
 @dataclass
@@ -127,6 +141,8 @@ class BildConfig:
     regulariser: str  # Omega: "uniform_kl" (KL(u || p), a log barrier) | "entropy" (-H, the paper's)
     mix: float  # lambda: the policy's share in w = (1 - lambda) + lambda * w^pi; 0 = plain weights, 1 = the paper's
     ess_floor: float  # f: lambda is lowered within a step to keep ESS >= f * n; 0 = no floor
+    alignment_space: str = "sgd"  # "sgd": d_i = <g_v, grad l_i> | "adam": <P g_v, grad l_i>, P Adam's preconditioner
+    reward: str = "per_crop"  # "per_crop": eq. 6 | "batch_wide": the public reference code's (its policy gradient is 0)
     amp: bool = False  # bf16 autocast for the backbone's forward passes
     sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
 
@@ -137,6 +153,8 @@ class BildConfig:
             ("reward_norm", self.reward_norm, REWARD_NORMS),
             ("regulariser", self.regulariser, REGULARISERS),
             ("weighting", self.weighting, ("softmax", "sigmoid")),
+            ("alignment_space", self.alignment_space, ALIGNMENT_SPACES),
+            ("reward", self.reward, REWARDS),
         ]:
             if value not in valid:
                 raise ValueError(f"BILD {name}={value!r} is not valid; expected one of {', '.join(valid)}")
@@ -300,6 +318,10 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     else:
         weights = torch.ones(batch.hazy.shape[0], device=device)
 
+    # Adam alignment: P from the second moment as it stands before this step (None at the first step).
+    adam_space = reweight and cfg.alignment_space == "adam"
+    precond = adam_preconditioner(backbone, nets.inner_opt) if adam_space else None
+
     # 2. Inner step (eq. 5): theta_t = step on (1/n) sum_i w_i l_i(theta_{t-1}).
     with _autocast(cfg.amp, device):
         crop_losses = per_crop_l1(backbone(batch.hazy).float(), batch.clear)  # (n,)
@@ -309,6 +331,10 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     inner_loss.backward()
     nets.inner_opt.step()
     clock.lap("inner")
+    if adam_space and precond is None:
+        # The first step: v_0 = 0 carries nothing (its bias correction is 0/0); the step's own
+        # v_1 = (1 - beta_2) g^2, i.e. v_hat = g^2, is the denominator the step divided by.
+        precond = adam_preconditioner(backbone, nets.inner_opt)
     inner_stats = torch.stack([inner_loss.detach(), crop_losses.detach().mean()])
     if not reweight:
         loss, crop_loss = inner_stats.tolist()
@@ -319,7 +345,13 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     with _autocast(cfg.amp, device):
         val_loss = per_crop_l1(backbone(batch.val_hazy).float(), batch.val_clear).mean()
     _check_finite(val_loss, "validation loss")
+    if cfg.reward == "batch_wide":  # the reference code's reward needs no gradient, no alignment
+        rewards, align = _batch_wide_outer_step(nets, val_loss.detach(), log_policy)
+        clock.lap("outer")
+        return _reweighted_stats(inner_stats, val_loss, rewards, align, weights, log_w, clock.times, "none")
     grad_val = dict(zip(old_params, torch.autograd.grad(val_loss, params)))
+    if precond is not None:  # d_i = < P g_v , grad l_i >: every estimator moves along P g_v
+        grad_val = {k: precond[k] * g for k, g in grad_val.items()}
     clock.lap("val_grad")
 
     # 4. Alignment d_i = < g_v , grad l_i(theta_{t-1}) >, one number per crop.
@@ -336,7 +368,14 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     nets.outer_opt.step()
     clock.lap("outer")
 
-    # Every statistic in one device-to-host copy: one synchronisation a step on a GPU, not nine.
+    return _reweighted_stats(inner_stats, val_loss, rewards, align, weights, log_w, clock.times, estimator)
+
+
+def _reweighted_stats(
+    inner_stats: torch.Tensor, val_loss: torch.Tensor, rewards: torch.Tensor, align: torch.Tensor,
+    weights: torch.Tensor, log_w: torch.Tensor, times: dict[str, float], estimator: str,
+) -> StepStats:
+    """A reweighted step's statistics, all in one device-to-host copy: one synchronisation a step on a GPU, not nine."""
     p = weights / weights.sum()
     log_p = log_w - math.log(weights.shape[0])
     step_stats = torch.stack([
@@ -347,8 +386,34 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     return StepStats(
         loss=loss, crop_loss=crop_loss, val_loss=val, reward_mean=r_mean, reward_std=r_std, align_mean=a_mean,
         weight_entropy=entropy, ess=ess, max_weight=w_max, crop_weights=weights, crop_align=align.detach(),
-        times=clock.times, estimator=estimator,
+        times=times, estimator=estimator,
     )
+
+
+def batch_wide_policy_loss(advantage: float, log_policy: torch.Tensor) -> torch.Tensor:
+    """The public reference code's outer loss: -(R - b) sum_i p_i, p = softmax(s / tau) the weights summing to 1.
+
+    One reward for the whole batch multiplies sum_i p_i = 1, a constant in phi: the loss's
+    gradient is exactly zero whatever the reward (docs/design.md).
+    """
+    return -advantage * (log_policy - math.log(log_policy.numel())).exp().sum()
+
+
+def _batch_wide_outer_step(
+    nets: BildNets, val_loss: torch.Tensor, log_policy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stages 5-6 as the reference code runs them: R = -L_v(theta_t), a moving baseline b, one Adam step.
+
+    Returns the reward broadcast to every crop (R - b for each) and NaN alignments (none computed).
+    """
+    reward = -float(val_loss)
+    baseline = reward if nets.reward_baseline is None else nets.reward_baseline
+    nets.outer_opt.zero_grad(set_to_none=True)
+    batch_wide_policy_loss(reward - baseline, log_policy).backward()
+    nets.outer_opt.step()
+    nets.reward_baseline = BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * reward
+    n = log_policy.numel()
+    return torch.full((n,), reward - baseline, device=log_policy.device), torch.full((n,), math.nan, device=log_policy.device)
 
 
 # Backbones whose forward has an op without forward-mode AD: class name -> reason.
