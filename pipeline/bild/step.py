@@ -44,6 +44,17 @@ the effective sample size (sum w)^2 / sum w^2 stays >= f n. Since sum w_i^2 = n 
 with V = sum_i (w^pi_i)^2 - n, the step's lambda is min(lambda, sqrt(n (1/f - 1) / V)), in
 closed form; it is held constant within the step, so the gradient above holds at that lambda.
 
+Adam space (``cfg.alignment_space = "adam"``): the inner optimiser is Adam, whose step for crop i
+is preconditioned. Holding its denominator fixed at P = diag(1 / (sqrt(v_hat) + eps)) from the
+second moment as it stood before the step, and the momentum factor c = (1 - beta_1) / (1 - beta_1^t)
+(a constant of the step), d L_v(theta_t) / d w_i = -(eta_1 c / n) < P g_v , grad l_i >: stage 4
+moves along P g_v instead of g_v, and every estimator is otherwise unchanged. At the first step
+v_0 = 0 carries nothing, so P comes from the step's own v_1 (v_hat = g^2, the denominator it used).
+
+The reference code's reward (``cfg.reward = "batch_wide"``): one number for the batch,
+R = < g_v , (1/n) sum_i w_i grad l_i >, less a moving baseline b, on the policy's weights that sum
+to 1: loss = -(R - b) sum_i p_i. Its gradient is (R - b) times grad sum_i p_i = grad 1 = 0, whatever R.
+
 Modes: ``plain`` trains the backbone with w = 1 (the baseline); ``bild`` and
 ``bild-train`` run all six stages and differ only in where the caller draws the
 "validation" crops from (the held-out split, or the training split: the paper's ablation).
@@ -345,11 +356,13 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     with _autocast(cfg.amp, device):
         val_loss = per_crop_l1(backbone(batch.val_hazy).float(), batch.val_clear).mean()
     _check_finite(val_loss, "validation loss")
-    if cfg.reward == "batch_wide":  # the reference code's reward needs no gradient, no alignment
-        rewards, align = _batch_wide_outer_step(nets, val_loss.detach(), log_policy)
+    grad_val = dict(zip(old_params, torch.autograd.grad(val_loss, params)))
+    if cfg.reward == "batch_wide":  # the reference code's reward: one global dot product, no per-crop alignment
+        # p.grad still holds the inner step's gradient (1/n) sum_i w_i grad l_i(theta_{t-1}).
+        reward = sum(float((g * p.grad).sum()) for g, p in zip(grad_val.values(), params) if p.grad is not None)
+        rewards, align = _batch_wide_outer_step(nets, reward, log_policy)
         clock.lap("outer")
         return _reweighted_stats(inner_stats, val_loss, rewards, align, weights, log_w, clock.times, "none")
-    grad_val = dict(zip(old_params, torch.autograd.grad(val_loss, params)))
     if precond is not None:  # d_i = < P g_v , grad l_i >: every estimator moves along P g_v
         grad_val = {k: precond[k] * g for k, g in grad_val.items()}
     clock.lap("val_grad")
@@ -399,14 +412,12 @@ def batch_wide_policy_loss(advantage: float, log_policy: torch.Tensor) -> torch.
     return -advantage * (log_policy - math.log(log_policy.numel())).exp().sum()
 
 
-def _batch_wide_outer_step(
-    nets: BildNets, val_loss: torch.Tensor, log_policy: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stages 5-6 as the reference code runs them: R = -L_v(theta_t), a moving baseline b, one Adam step.
+def _batch_wide_outer_step(nets: BildNets, reward: float, log_policy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stages 5-6 as the reference code runs them: one reward R for the batch, a moving baseline b, one Adam step.
 
-    Returns the reward broadcast to every crop (R - b for each) and NaN alignments (none computed).
+    R = < g_v , (1/n) sum_i w_i grad l_i >, the global dot product of the validation and the summed
+    training gradients. Returns R - b broadcast to every crop and NaN alignments (none computed).
     """
-    reward = -float(val_loss)
     baseline = reward if nets.reward_baseline is None else nets.reward_baseline
     nets.outer_opt.zero_grad(set_to_none=True)
     batch_wide_policy_loss(reward - baseline, log_policy).backward()
