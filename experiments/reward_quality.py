@@ -161,7 +161,7 @@ def output_statistics(trainer: Trainer, side: int) -> dict[str, Any]:
     trainer.backbone.eval()
     offsets, ratios = [], []
     for i in trainer.splits.test:
-        hazy, clear = (torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()[None] / 255
+        hazy, clear = (torch.from_numpy(np.array(a)).permute(2, 0, 1).float()[None] / 255  # a writable copy
                        for a in trainer.index.pair(i))
         h, w = hazy.shape[-2:]
         top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
