@@ -50,9 +50,9 @@ def adam_preconditioner(model: nn.Module, opt: torch.optim.Optimizer) -> Params 
     group_of = {p: g for g in opt.param_groups for p in g["params"]}
     precond: Params = {}
     for name, p in model.named_parameters():
-        state = opt.state.get(p, {})
         if not p.requires_grad:
             continue
+        state = opt.state.get(p, {})
         if "exp_avg_sq" not in state:
             precond[name] = torch.ones_like(p)
             continue
