@@ -211,12 +211,15 @@ def _print(rows: list[dict[str, Any]], outputs: bool) -> None:
                   f"{', '.join(f'{v:+.4f}' for v in r['mean_offset_rgb'])} | "
                   f"{', '.join(f'{v:.3f}' for v in r['contrast_ratio_rgb'])} | {fav} |")
         return
-    print("| backbone | data | step | Spearman sgd | Spearman adam | AUC sgd | AUC adam | AUC of the real step |\n"
-          "|---|---|---|---|---|---|---|---|")
+    spaces = ALIGNMENT_SPACES
+    print("| backbone | data | step | " + " | ".join(f"Spearman {sp}" for sp in spaces) + " | "
+          + " | ".join(f"AUC {sp}" for sp in spaces) + " | AUC of the real step |")
+    print("|" + "---|" * (4 + 2 * len(spaces)))
     for r in rows:
         auc = lambda k: f"{r[k]:.3f}" if k in r else "-"  # noqa: E731
-        print(f"| {r['backbone']} | {r['data']} | {r['step']} | {r['spearman_sgd']:+.3f} | {r['spearman_adam']:+.3f} "
-              f"| {auc('auc_sgd')} | {auc('auc_adam')} | {auc('auc_truth')} |")
+        print(f"| {r['backbone']} | {r['data']} | {r['step']} | "
+              + " | ".join(f"{r[f'spearman_{sp}']:+.3f}" for sp in spaces) + " | "
+              + " | ".join(auc(f"auc_{sp}") for sp in spaces) + f" | {auc('auc_truth')} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pipeline.bild import (
     NonFiniteLossError,
     Reweighter,
     adam_preconditioner,
+    adam_step_jacobian,
     alignment_fd,
     alignment_jvp,
     alignment_loop,
@@ -502,13 +503,32 @@ def test_adam_alignment_against_the_exact_derivative_of_the_adam_step(capsys: py
     assert errors[300] < 0.1  # ... and a close one once the bias correction has settled
 
 
+@pytest.mark.parametrize("warm_steps", [0, 3, 30], ids=["first-step", "after-3-steps", "after-30-steps"])
+def test_adam_exact_alignment_is_the_exact_derivative_of_the_adam_step(warm_steps: int) -> None:
+    # The reference holds nothing fixed; adam_step_jacobian reads the state after a real step on the same batch.
+    model, opt, weights, hazy, clear, val_hazy, val_clear = _adam_problem(warm_steps)
+    old, new, momentum, lr = _differentiable_adam_step(model, opt, weights, hazy, clear, hold_fixed=False)
+    val_loss = per_crop_l1(torch.func.functional_call(model, new, (val_hazy,)), val_clear).mean()
+    grad_val = dict(zip(old, torch.autograd.grad(val_loss, list(new.values()), retain_graph=True)))
+    (dl_dw,) = torch.autograd.grad(val_loss, weights)
+    opt.zero_grad()
+    (weights.detach() * per_crop_l1(model(hazy), clear)).mean().backward()
+    opt.step()
+    jacobian = adam_step_jacobian(model, opt)
+    direction = {k: jacobian[k] * g for k, g in grad_val.items()}
+    frozen = {k: p.detach() for k, p in old.items()}
+    exact = alignment_loop(model, frozen, direction, hazy, clear)
+    assert _rel_err(exact, -dl_dw * weights.numel() / lr) < 1e-8  # dL_v/dw_i = -(eta / n) d_i, nothing dropped
+
+
 def test_adam_alignment_space_runs_a_bild_step_from_the_first_step() -> None:
     batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
     sgd, adam = _tiny_nets("aodnet", 1e-2), _tiny_nets("aodnet", 1e-2)
-    for estimator in ("fd", "jvp"):
-        first = bild_step(batch, adam, _cfg(estimator=estimator, alignment_space="adam"))
-        second = bild_step(batch, adam, _cfg(estimator=estimator, alignment_space="adam"))
-        assert np.isfinite(first.reward_mean) and np.isfinite(second.reward_mean) and second.estimator == estimator
+    for space in ("adam", "adam_exact"):
+        for estimator in ("fd", "jvp"):
+            first = bild_step(batch, adam, _cfg(estimator=estimator, alignment_space=space))
+            second = bild_step(batch, adam, _cfg(estimator=estimator, alignment_space=space))
+            assert np.isfinite(first.reward_mean) and np.isfinite(second.reward_mean) and second.estimator == estimator
     # The same batch, the same networks: only the alignment's space differs.
     sgd_stats = bild_step(batch, sgd, _cfg(alignment_space="sgd"))
     adam_nets = _tiny_nets("aodnet", 1e-2)

@@ -4,7 +4,16 @@
 estimates the per-crop alignment d_i; ``reweighter.py`` is the policy f_phi.
 """
 
-from .alignment import ALIGNMENT_SPACES, ESTIMATORS, adam_preconditioner, alignment_fd, alignment_jvp, alignment_loop, per_crop_l1
+from .alignment import (
+    ALIGNMENT_SPACES,
+    ESTIMATORS,
+    adam_preconditioner,
+    adam_step_jacobian,
+    alignment_fd,
+    alignment_jvp,
+    alignment_loop,
+    per_crop_l1,
+)
 from .reweighter import WEIGHTINGS, Reweighter, build_reweighter, crop_log_weights
 from .step import (
     MODES,
@@ -43,6 +52,7 @@ __all__ = [
     "Reweighter",
     "StepStats",
     "adam_preconditioner",
+    "adam_step_jacobian",
     "alignment_fd",
     "alignment_jvp",
     "alignment_loop",

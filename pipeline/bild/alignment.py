@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-__all__ = ["ALIGNMENT_SPACES", "ESTIMATORS", "Params", "adam_preconditioner", "per_crop_l1", "alignment_fd",
-           "alignment_jvp", "alignment_loop"]
+__all__ = ["ALIGNMENT_SPACES", "ESTIMATORS", "Params", "adam_preconditioner", "adam_step_jacobian", "per_crop_l1",
+           "alignment_fd", "alignment_jvp", "alignment_loop"]
 
 ESTIMATORS = ("fd", "jvp", "loop")
-ALIGNMENT_SPACES = ("sgd", "adam")
+ALIGNMENT_SPACES = ("sgd", "adam", "adam_exact")
 
 Params = dict[str, torch.Tensor]
 
@@ -60,6 +60,35 @@ def adam_preconditioner(model: nn.Module, opt: torch.optim.Optimizer) -> Params 
         correction = 1 - group["betas"][1] ** float(state["step"])
         precond[name] = 1.0 / ((state["exp_avg_sq"] / correction).sqrt() + group["eps"])
     return precond
+
+
+def adam_step_jacobian(model: nn.Module, opt: torch.optim.Optimizer) -> Params:
+    """J = d u / d g per parameter, u = m_hat / (sqrt(v_hat) + eps) the Adam step ``opt`` has just taken on gradient g.
+
+    Adam is elementwise, so the exact derivative of its step with respect to this step's
+    gradient is diagonal: with c = (1 - beta_1) / (1 - beta_1^t), D = sqrt(v_hat) + eps,
+    J = c / D - (1 - beta_2) / (1 - beta_2^t) m_hat g / (sqrt(v_hat) D^2), all from the state after
+    the step and the gradient still in ``p.grad``. Nothing is held fixed; where v_hat = 0 the
+    gradient is 0 and so is the second term. A parameter without state or gradient gets J = 1.
+    """
+    group_of = {p: g for g in opt.param_groups for p in g["params"]}
+    jacobian: Params = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        state = opt.state.get(p, {})
+        if "exp_avg_sq" not in state or p.grad is None:
+            jacobian[name] = torch.ones_like(p)
+            continue
+        group = group_of[p]
+        (beta1, beta2), t = group["betas"], float(state["step"])
+        second = 1 - beta2**t
+        root = (state["exp_avg_sq"] / second).sqrt()
+        denom = root + group["eps"]
+        m_hat = state["exp_avg"] / (1 - beta1**t)
+        through_v = torch.where(root > 0, (1 - beta2) / second * m_hat * p.grad / (root * denom**2), 0.0)
+        jacobian[name] = (1 - beta1) / (1 - beta1**t) / denom - through_v
+    return jacobian
 
 
 def _crop_losses(model: nn.Module, params: Params, hazy: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,9 @@ second moment as it stood before the step, and the momentum factor c = (1 - beta
 (a constant of the step), d L_v(theta_t) / d w_i = -(eta_1 c / n) < P g_v , grad l_i >: stage 4
 moves along P g_v instead of g_v, and every estimator is otherwise unchanged. At the first step
 v_0 = 0 carries nothing, so P comes from the step's own v_1 (v_hat = g^2, the denominator it used).
+``adam_exact`` holds nothing fixed: Adam is elementwise, so the derivative of its step with respect
+to this step's gradient is a diagonal J (``adam_step_jacobian``), and d_i = < J g_v , grad l_i > gives
+d L_v(theta_t) / d w_i = -(eta_1 / n) d_i exactly, at the same cost.
 
 The reference code's reward (``cfg.reward = "batch_wide"``): one number for the batch,
 R = < g_v , (1/n) sum_i w_i grad l_i >, less a moving baseline b, on the policy's weights that sum
@@ -77,6 +80,7 @@ from .alignment import (
     ESTIMATORS,
     Params,
     adam_preconditioner,
+    adam_step_jacobian,
     alignment_fd,
     alignment_jvp,
     alignment_loop,
@@ -152,7 +156,7 @@ class BildConfig:
     regulariser: str  # Omega: "uniform_kl" (KL(u || p), a log barrier) | "entropy" (-H, the paper's)
     mix: float  # lambda: the policy's share in w = (1 - lambda) + lambda * w^pi; 0 = plain weights, 1 = the paper's
     ess_floor: float  # f: lambda is lowered within a step to keep ESS >= f * n; 0 = no floor
-    alignment_space: str = "sgd"  # "sgd": d_i = <g_v, grad l_i> | "adam": <P g_v, grad l_i>, P Adam's preconditioner
+    alignment_space: str = "sgd"  # "sgd": <g_v, grad l_i> | "adam": <P g_v, grad l_i> | "adam_exact": <J g_v, grad l_i>
     reward: str = "per_crop"  # "per_crop": eq. 6 | "batch_wide": the public reference code's (its policy gradient is 0)
     amp: bool = False  # bf16 autocast for the backbone's forward passes
     sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
@@ -342,7 +346,9 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     inner_loss.backward()
     nets.inner_opt.step()
     clock.lap("inner")
-    if adam_space and precond is None:
+    if reweight and cfg.alignment_space == "adam_exact":  # the exact derivative of the step just taken
+        precond = adam_step_jacobian(backbone, nets.inner_opt)
+    elif adam_space and precond is None:
         # The first step: v_0 = 0 carries nothing (its bias correction is 0/0); the step's own
         # v_1 = (1 - beta_2) g^2, i.e. v_hat = g^2, is the denominator the step divided by.
         precond = adam_preconditioner(backbone, nets.inner_opt)
