@@ -4,8 +4,9 @@ Reward quality. A backbone is trained with plain steps (on BILD's training split
 and a late point; there, on fixed batches of n training crops and m validation crops, each
 crop's ground truth is the actual drop in validation loss after one real step of the inner
 optimiser (Adam, from the same state, moments included) on that crop alone. Its rewards are
-the alignments d_i one BILD step on the whole batch computes, in SGD space (<g_v, grad l_i>)
-and in Adam space (<P g_v, grad l_i>, ``bild.alignment_space``). Reported per backbone and
+the alignments d_i one BILD step on the whole batch computes, in SGD space (<g_v, grad l_i>),
+in Adam space with v held fixed (<P g_v, grad l_i>) and in exact Adam space (<J g_v, grad l_i>),
+the three values of ``bild.alignment_space``. Reported per backbone and
 point: the Spearman correlation of each reward with the ground truth (within a batch, then
 averaged), and, with 30% of the pool's targets another scene's clear image (the validation
 split as noisy), the AUC of each at ranking right crops above wrong ones (0.5: no signal).
