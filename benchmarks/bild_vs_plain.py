@@ -17,6 +17,9 @@ Levers (``--levers``, comma-separated; plain always runs):
   warmup       the first third of the steps plain (train.bild_warmup_steps)
   bild-train   the outer loop reads training crops (the paper's ablation)
   uniform      bild with alpha = 1000: uniform weights on BILD's own split (the data tax alone)
+  adam         d_i in Adam's preconditioned space, <P g_v, grad l_i> (bild.alignment_space=adam)
+  reference-code   the public reference code's reweighter: one batch-wide reward with a moving
+               baseline (bild.reward=batch_wide); its policy gradient is exactly zero
   mix-0.5+rotation   two levers together (any names joined by '+'); these two are today's defaults
 
 ``--init MODEL`` fine-tunes a model (imported or promoted) instead of training from scratch:
@@ -24,7 +27,10 @@ every run starts from its weights, and the model itself, untrained further, is s
 same test images as the row ``init`` (its difference to plain is then init - plain).
 
 Output: ``OUT.parquet`` (one row per run and test image, the settings in its metadata) and
-``OUT.md`` (the table); ``--summarize`` redraws ``OUT.md`` from ``OUT.parquet`` alone, and
+``OUT.md`` (the table); with ``--eval-every K`` also ``OUT.curve.parquet`` (every K steps, each
+run's scores on the selection and test images), from which ``OUT.md`` adds the BILD-minus-plain
+curve, the comparison at each run's best point on the selection set, and the optimism of
+choosing on the test set instead (the gap between the best test score and the selected one); ``--summarize`` redraws ``OUT.md`` from ``OUT.parquet`` alone, and
 ``--merge A.parquet B.parquet --out OUT`` pools the seeds of runs with the same settings.
 The data defaults to SOTS-indoor where its descriptor's root (datasets/local/sots_indoor, a
 folder or a link to one) exists, else the built-in data.
@@ -67,6 +73,8 @@ from pipeline.trainer import Trainer, load_index  # noqa: E402
 
 BASELINE = "plain"
 INIT = "init"  # with --init: the starting model scored as it is, no step trained
+# A run's own columns (the same on each of its image rows); policy_shift is |phi_end - phi_start|.
+RUN_COLUMNS = ("lever", "seed", "train_s", "steps", "ess", "max_weight", "policy_shift")
 META_KEY = "bild_vs_plain"  # the Parquet file's key-value metadata entry holding the run's settings
 DEFAULT_LEVERS = "bild,mix-0.5,ess-0.7,rotation,mix-0.5+rotation,m-10,warmup,bild-train,uniform"
 
@@ -84,6 +92,8 @@ def lever_overrides(name: str, steps: int) -> list[str]:
         "warmup": [f"train.bild_warmup_steps={steps // 3}"],
         "bild-train": ["mode=bild-train"],
         "uniform": ["bild.alpha=1000"],
+        "adam": ["bild.alignment_space=adam"],
+        "reference-code": ["bild.reward=batch_wide"],
     }
     parts = name.split("+")
     unknown = [p for p in parts if p not in single]
@@ -123,28 +133,67 @@ def with_wrong_targets(index: PairIndex, cfg: DictConfig, fraction: float, seed:
     return corrupt_targets(index, train_pool(index, cfg), fraction, seed)[0] if fraction > 0 else index
 
 
-def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Train one (lever, seed) and score its final backbone on the test split: one row per test image."""
+def _scores(trainer: Trainer, indices: list[int]) -> dict[str, list[float]]:
+    trainer.backbone.eval()
+    return score_pairs(trainer.backbone, trainer.index, indices, trainer.device,
+                       max_side=trainer.cfg.dataset.eval_max_side)
+
+
+def _curve_point(trainer: Trainer, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The selection and test images scored at the trainer's current step: one row per image."""
+    rows = []
+    for split, indices in (("select", trainer.select_scored), ("test", trainer.splits.test)):
+        scores = _scores(trainer, indices)
+        rows += [{"lever": job["lever"], "seed": job["seed"], "step": trainer.step, "split": split, "pair": i,
+                  "psnr": p, "ssim": q} for i, p, q in zip(indices, scores["psnr"], scores["ssim"])]
+    trainer.backbone.train()
+    return rows
+
+
+def _policy_vector(trainer: Trainer) -> torch.Tensor | None:
+    net = trainer.nets.reweighter
+    return None if net is None else torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+
+
+def run_one(job: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Train one (lever, seed) and score its final backbone on the test split.
+
+    Returns ``images`` (one row per test image) and ``curve`` (with ``eval_every``, the selection
+    and test images scored every that many steps).
+    """
     set_threads(job["threads"])
     cfg = compose_config([*job["common"], f"seed={job['seed']}", *lever_overrides(job["lever"], job["steps"])])
     index = with_wrong_targets(_index(job["common"]), cfg, job["wrong_fraction"], job["seed"])
     trainer = Trainer(cfg, index)
     stats: list[dict[str, float]] = []
+    curve: list[dict[str, Any]] = []
+    every, scoring_s = job["eval_every"], [0.0]
+
+    def score_every(batch: object, step_stats: object) -> None:
+        if every and trainer.step % every == 0:
+            began = time.perf_counter()
+            curve.extend(_curve_point(trainer, job))
+            scoring_s[0] += time.perf_counter() - began
+
+    policy_start = _policy_vector(trainer)
     start = time.perf_counter()
     while job["lever"] != INIT and (trainer.epoch < cfg.train.epochs if job["seconds"] is None
                                     else time.perf_counter() - start < job["seconds"]):
-        stats.append(trainer.train_epoch())
-    train_s = time.perf_counter() - start
-    trainer.backbone.eval()
+        stats.append(trainer.train_epoch(on_step=score_every))
+    train_s = time.perf_counter() - start - scoring_s[0]  # without the curve's scoring, which every lever pays alike
+    trainer.close()
     test = trainer.splits.test
-    scores = score_pairs(trainer.backbone, trainer.index, test, trainer.device, max_side=cfg.dataset.eval_max_side)
+    scores = _scores(trainer, test)
+    policy_end = _policy_vector(trainer)
     run = {
         "lever": job["lever"], "seed": job["seed"], "steps": trainer.step, "train_s": train_s,
+        "policy_shift": None if policy_end is None else float(torch.linalg.vector_norm(policy_end - policy_start)),
         **{k: float(np.nanmean([s[k] for s in stats])) if stats and any(np.isfinite(s[k]) for s in stats) else None
            for k in ("ess", "max_weight", "weight_entropy")},
     }
-    return [{**run, "pair": i, "scene": index.scenes[i], "psnr": p, "ssim": q}
-            for i, p, q in zip(test, scores["psnr"], scores["ssim"])]
+    images = [{**run, "pair": i, "scene": index.scenes[i], "psnr": p, "ssim": q}
+              for i, p, q in zip(test, scores["psnr"], scores["ssim"])]
+    return {"images": images, "curve": curve}
 
 
 def run_all(jobs: list[dict[str, Any]], workers: int) -> Iterator[list[dict[str, Any]]]:
@@ -166,7 +215,7 @@ def paired_summary(images: pl.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
     Each test image's difference is averaged over the seeds first; the bootstrap then resamples
     images. ``wins`` is the share of (seed, image) pairs where the lever scores the higher PSNR.
     """
-    runs = images.group_by("lever", "seed").agg(pl.col("train_s", "steps", "ess", "max_weight").first())
+    runs = images.group_by("lever", "seed").agg(pl.col(*RUN_COLUMNS[2:]).first())
     base = images.filter(pl.col("lever") == BASELINE).select("seed", "pair", psnr_0="psnr", ssim_0="ssim")
     if base.is_empty():  # plain runs last under --plain-budget time
         return []
@@ -184,6 +233,7 @@ def paired_summary(images: pl.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
             "psnr": float(mine["psnr"].mean()), "ssim": float(mine["ssim"].mean()),
             "ess": r["ess"].mean(), "max_weight": r["max_weight"].mean(),
             "train_s": float(r["train_s"].mean()), "time_ratio": float(r["train_s"].mean() / base_time),
+            "policy_shift": r["policy_shift"].mean() if "policy_shift" in r.columns else None,
         }
         if lever != BASELINE:
             for metric in ("psnr", "ssim"):
@@ -193,19 +243,20 @@ def paired_summary(images: pl.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
             row["wins"] = float((mine["psnr"] > mine["psnr_0"]).mean())
             seed_means = mine.group_by("seed").agg((pl.col("psnr") - pl.col("psnr_0")).mean().alias("d"))["d"]
             row["d_psnr_seed_min"], row["d_psnr_seed_max"] = float(seed_means.min()), float(seed_means.max())
-            row["d_psnr_both_low"], row["d_psnr_both_high"] = seed_and_image_ci(mine, seed)
+            for metric in ("psnr", "ssim"):
+                row[f"d_{metric}_both_low"], row[f"d_{metric}_both_high"] = seed_and_image_ci(mine, seed, metric)
         rows.append(row)
     return rows
 
 
-def seed_and_image_ci(mine: pl.DataFrame, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean PSNR difference with the seeds resampled as well as the images.
+def seed_and_image_ci(mine: pl.DataFrame, seed: int = 0, metric: str = "psnr") -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean ``metric`` difference with the seeds resampled as well as the images.
 
     The image-only interval above treats the seeds' average as fixed, so one lucky seed can
     move it clear of 0; resampling the seeds too (then the images, the same draw for every
     chosen seed) adds the run-to-run spread that a new seed would bring.
     """
-    grid = mine.with_columns(d=pl.col("psnr") - pl.col("psnr_0")).pivot("pair", index="seed", values="d")
+    grid = mine.with_columns(d=pl.col(metric) - pl.col(f"{metric}_0")).pivot("pair", index="seed", values="d")
     diffs = grid.drop("seed").to_numpy()  # (seeds, images)
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, diffs.shape[0], size=(RESAMPLES, diffs.shape[0]))
@@ -217,23 +268,112 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, spec)
 
 
-def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The table, with the settings and the split it was measured on."""
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any], heading: str | None = None) -> str:
+    """The table, under the settings and the split it was measured on (or under ``heading`` alone)."""
     head = ("| lever | seeds x images | PSNR | BILD - plain PSNR [95% CI] | CI, seeds resampled too | per-seed range "
-            "| SSIM diff [95% CI] | wins | ESS | max w | train s (x plain) |")
-    lines = [f"# {meta['title']}", "", *(f"- {k}: {v}" for k, v in meta.items() if k != "title"), "", head,
-             "|" + "---|" * 11]
+            "| SSIM diff [95% CI] | SSIM CI, seeds resampled too | wins | ESS | max w | policy moved | train s (x plain) |")
+    top = [f"## {heading}"] if heading else [f"# {meta['title']}", "", *(f"- {k}: {v}" for k, v in meta.items() if k != "title")]
+    lines = [*top, "", head, "|" + "---|" * 13]
     for r in summary:
-        diff = "-" if r["lever"] == BASELINE else (
-            f"{r['d_psnr']:+.3f} [{r['d_psnr_low']:+.3f}, {r['d_psnr_high']:+.3f}]")
-        both = "-" if r["lever"] == BASELINE else f"[{r['d_psnr_both_low']:+.3f}, {r['d_psnr_both_high']:+.3f}]"
-        spread = "-" if r["lever"] == BASELINE else f"{r['d_psnr_seed_min']:+.2f} .. {r['d_psnr_seed_max']:+.2f}"
-        sdiff = "-" if r["lever"] == BASELINE else (
-            f"{r['d_ssim']:+.4f} [{r['d_ssim_low']:+.4f}, {r['d_ssim_high']:+.4f}]")
+        plain = r["lever"] == BASELINE
+        diff = "-" if plain else f"{r['d_psnr']:+.3f} [{r['d_psnr_low']:+.3f}, {r['d_psnr_high']:+.3f}]"
+        both = "-" if plain else f"[{r['d_psnr_both_low']:+.3f}, {r['d_psnr_both_high']:+.3f}]"
+        spread = "-" if plain else f"{r['d_psnr_seed_min']:+.2f} .. {r['d_psnr_seed_max']:+.2f}"
+        sdiff = "-" if plain else f"{r['d_ssim']:+.4f} [{r['d_ssim_low']:+.4f}, {r['d_ssim_high']:+.4f}]"
+        sboth = "-" if plain else f"[{r['d_ssim_both_low']:+.4f}, {r['d_ssim_both_high']:+.4f}]"
         lines.append(
             f"| {r['lever']} | {r['seeds']} x {r['images']} | {r['psnr']:.2f} | {diff} | {both} | {spread} | {sdiff} "
-            f"| {_fmt(r.get('wins'), '.0%')} | {_fmt(r['ess'], '.2f')} | {_fmt(r['max_weight'], '.2f')} "
-            f"| {r['train_s']:.0f} ({r['time_ratio']:.2f}x) |")
+            f"| {sboth} | {_fmt(r.get('wins'), '.0%')} | {_fmt(r['ess'], '.2f')} | {_fmt(r['max_weight'], '.2f')} "
+            f"| {_fmt(r.get('policy_shift'), '.2e')} | {r['train_s']:.0f} ({r['time_ratio']:.2f}x) |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the curve: scores every K steps ------------------------------------------------------------------
+
+
+def _split_means(curve: pl.DataFrame) -> pl.DataFrame:
+    """Per (lever, seed, step): the mean selection PSNR and the mean test PSNR and SSIM."""
+    return (curve.group_by("lever", "seed", "step")
+            .agg(select_psnr=pl.col("psnr").filter(pl.col("split") == "select").mean(),
+                 test_psnr=pl.col("psnr").filter(pl.col("split") == "test").mean(),
+                 test_ssim=pl.col("ssim").filter(pl.col("split") == "test").mean())
+            .sort("lever", "seed", "step"))
+
+
+def selected_steps(curve: pl.DataFrame) -> pl.DataFrame:
+    """Each run's best point on the selection set: the step of its highest mean selection PSNR (the earliest on ties)."""
+    return (_split_means(curve).group_by("lever", "seed", maintain_order=True)
+            .agg(pl.col("step").get(pl.col("select_psnr").arg_max())))
+
+
+def images_at_selection(images: pl.DataFrame, curve: pl.DataFrame) -> pl.DataFrame:
+    """The benchmark's image rows, but with each run's test scores at its selected step (the project's protocol)."""
+    chosen = curve.filter(pl.col("split") == "test").join(selected_steps(curve), on=["lever", "seed", "step"])
+    runs = images.select(*(c for c in RUN_COLUMNS if c in images.columns)).unique(["lever", "seed"])
+    return chosen.select("lever", "seed", "pair", "psnr", "ssim").join(runs, on=["lever", "seed"])
+
+
+def protocol_gap(curve: pl.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
+    """Per lever: test PSNR at the step the selection set chooses, the best test PSNR over the evaluations, and the gap.
+
+    The gap (best - selected, >= 0 on every run) is the optimism of choosing the checkpoint on the
+    test set itself, as the public reference code does. Its interval is a percentile bootstrap
+    that resamples the seeds and the test images (the selected step stays each run's own).
+    """
+    steps = selected_steps(curve)
+    rows = []
+    for lever in curve["lever"].unique(maintain_order=True).to_list():
+        test = curve.filter((pl.col("lever") == lever) & (pl.col("split") == "test")).sort("seed", "step", "pair")
+        seeds = test["seed"].unique().sort().to_list()
+        grid = test["psnr"].to_numpy().reshape(len(seeds), -1, test["pair"].n_unique())  # (seeds, steps, images)
+        step_values = test.filter(pl.col("seed") == seeds[0])["step"].unique().sort().to_list()
+        chosen = np.array([step_values.index(steps.filter((pl.col("lever") == lever) & (pl.col("seed") == s))["step"][0])
+                           for s in seeds])
+
+        def gaps(s_idx: np.ndarray, i_idx: np.ndarray) -> np.ndarray:
+            means = grid[np.ix_(s_idx, np.arange(grid.shape[1]), i_idx)].mean(-1)  # (seeds, steps)
+            return means.max(1) - means[np.arange(len(s_idx)), chosen[s_idx]]
+
+        every = np.arange(len(seeds)), np.arange(grid.shape[2])
+        means = grid.mean(-1)
+        rng = np.random.default_rng(seed)
+        draws = [gaps(rng.integers(0, len(seeds), len(seeds)), rng.integers(0, grid.shape[2], grid.shape[2])).mean()
+                 for _ in range(RESAMPLES)]
+        low, high = percentile_interval(np.array(draws))
+        rows.append({"lever": lever, "seeds": len(seeds), "evaluations": grid.shape[1],
+                     "selected": float(means[every[0], chosen].mean()), "best": float(means.max(1).mean()),
+                     "gap": float(gaps(*every).mean()), "gap_low": low, "gap_high": high,
+                     "selected_step": float(np.array(step_values)[chosen].mean())})
+    return rows
+
+
+def curve_markdown(images: pl.DataFrame, curve: pl.DataFrame) -> str:
+    """The curve's sections of OUT.md: lever - plain every K steps, at the selected point, and the protocol gap."""
+    means = _split_means(curve)
+    base = means.filter(pl.col("lever") == BASELINE).select("seed", "step", psnr_0="test_psnr", ssim_0="test_ssim")
+    levers = [lv for lv in means["lever"].unique(maintain_order=True).to_list() if lv != BASELINE]
+    diffs = (means.join(base, on=["seed", "step"])
+             .group_by("lever", "step").agg(d_psnr=(pl.col("test_psnr") - pl.col("psnr_0")).mean(),
+                                            d_ssim=(pl.col("test_ssim") - pl.col("ssim_0")).mean(),
+                                            plain=pl.col("psnr_0").mean()))
+    lines = ["## Lever - plain on the test images over training (mean over seeds: PSNR dB / SSIM)", "",
+             "| step | plain PSNR | " + " | ".join(levers) + " |", "|" + "---|" * (len(levers) + 2)]
+    for step in sorted(diffs["step"].unique().to_list()):
+        at = diffs.filter(pl.col("step") == step)
+        cells = []
+        for lv in levers:
+            row = at.filter(pl.col("lever") == lv)
+            cells.append("-" if row.is_empty() else f"{row['d_psnr'][0]:+.3f} / {row['d_ssim'][0]:+.4f}")
+        plain = at["plain"][0] if not at.is_empty() else float("nan")
+        lines.append(f"| {step} | {_fmt(plain, '.2f')} | " + " | ".join(cells) + " |")
+    selected = paired_summary(images_at_selection(images, curve))
+    lines += ["", markdown(selected, {}, "At each run's best point on the selection set (the project's protocol)").rstrip(),
+              "", "## The protocol gap: best test PSNR over the evaluations - test PSNR at the selected step", "",
+              "| lever | seeds x evaluations | mean selected step | test PSNR, selected | best test PSNR | gap [95% CI, seeds and images resampled] |",
+              "|---|---|---|---|---|---|"]
+    for r in protocol_gap(curve):
+        lines.append(f"| {r['lever']} | {r['seeds']} x {r['evaluations']} | {r['selected_step']:.0f} | {r['selected']:.2f} "
+                     f"| {r['best']:.2f} | {r['gap']:+.3f} [{r['gap_low']:+.3f}, {r['gap_high']:+.3f}] |")
     return "\n".join(lines) + "\n"
 
 
@@ -266,6 +406,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.28, help="scene share of the test set scored")
     p.add_argument("--eval-side", type=int, default=256, help="centre-crop test images to this side (0: whole images)")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel, one torch thread each")
+    p.add_argument("--eval-every", type=int, default=0, metavar="K",
+                   help="also score the selection and test images every K steps (OUT.curve.parquet); 0: only at the end")
     p.add_argument("--out", default="runs/bench/bild_vs_plain", help="writes OUT.parquet and OUT.md")
     p.add_argument("--summarize", action="store_true", help="train nothing: redraw OUT.md from OUT.parquet")
     p.add_argument("--merge", nargs="+", type=Path, metavar="PARQUET",
@@ -302,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             summarize(Path(a.out))
         print(Path(a.out).with_suffix(".md").read_text(), end="")
         return 0
+    if a.eval_every < 0:
+        raise SystemExit(f"error: --eval-every {a.eval_every}: expected a number of steps >= 1, or 0 for none")
     if a.steps < a.epochs:
         raise SystemExit(f"error: --steps {a.steps} is fewer than --epochs {a.epochs}; expected at least one step an epoch")
     levers = [lv for lv in a.levers.split(",") if lv and lv != BASELINE]
@@ -311,35 +455,58 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --plain-budget time needs the 'bild' lever (plain gets its wall time)")
     common, seeds = _common(a), [int(s) for s in a.seeds.split(",")]
     job = lambda lever, seed, seconds=None: dict(  # noqa: E731
-        lever=lever, seed=seed, common=common, steps=a.steps, wrong_fraction=a.wrong_targets, threads=1, seconds=seconds)
+        lever=lever, seed=seed, common=common, steps=a.steps, wrong_fraction=a.wrong_targets, threads=1, seconds=seconds,
+        eval_every=a.eval_every)
     try:
         meta = _meta(a, common, argv)  # builds a Trainer: a --init model of another backbone or preset stops here
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     rows: list[dict[str, Any]] = []
+    curve: list[dict[str, Any]] = []
     # Seed by seed, plain first, and the files rewritten after every run: an interrupted
     # benchmark keeps every seed it finished.
     first = ([INIT] if a.init else []) + ([] if a.plain_budget == "time" else [BASELINE])
     for done in run_all([job(lv, s) for s in seeds for lv in [*first, *levers]], a.workers):
-        rows += done
-        _write(rows, Path(a.out), meta)
+        rows += done["images"]
+        curve += done["curve"]
+        _write(rows, curve, Path(a.out), meta)
     if a.plain_budget == "time":
         bild_s = {r["seed"]: r["train_s"] for r in rows if r["lever"] == "bild"}
         for done in run_all([job(BASELINE, s, bild_s[s]) for s in seeds], a.workers):
-            rows += done
-            _write(rows, Path(a.out), meta)
+            rows += done["images"]
+            curve += done["curve"]
+            _write(rows, curve, Path(a.out), meta)
     print(Path(a.out).with_suffix(".md").read_text(), end="")
     return 0
 
 
-def _write(rows: list[dict[str, Any]] | pl.DataFrame, out: Path, meta: dict[str, str]) -> None:
+def _curve_path(out: Path) -> Path:
+    return out.with_suffix(".curve.parquet")
+
+
+def _write(rows: list[dict[str, Any]] | pl.DataFrame, curve: list[dict[str, Any]] | pl.DataFrame | None, out: Path,
+           meta: dict[str, str]) -> None:
     # Every row read for the schema: plain and init rows have no weights (None) before BILD's have them.
     images = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows, infer_schema_length=None)
+    curve = curve if isinstance(curve, pl.DataFrame) or not curve else pl.DataFrame(curve, infer_schema_length=None)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The settings travel inside the Parquet file, so --summarize can redraw the table from it alone.
     table = images.to_arrow().replace_schema_metadata({META_KEY: json.dumps(meta)})
     atomic_write(out.with_suffix(".parquet"), lambda tmp: pq.write_table(table, tmp))
-    atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(images), meta))
+    if curve is not None and len(curve):
+        atomic_write(_curve_path(out), lambda tmp: curve.write_parquet(tmp))
+    atomic_write_text(out.with_suffix(".md"), _report(images, curve, meta))
+
+
+def _report(images: pl.DataFrame, curve: pl.DataFrame | None, meta: dict[str, str]) -> str:
+    text = markdown(paired_summary(images), meta)
+    if curve is not None and len(curve) and BASELINE in curve["lever"].to_list():
+        text += "\n" + curve_markdown(images, curve)
+    return text
+
+
+def _read_curve(path: Path) -> pl.DataFrame | None:
+    return pl.read_parquet(_curve_path(path)) if _curve_path(path).is_file() else None
 
 
 def _read(path: Path, flag: str) -> tuple[pl.DataFrame, dict[str, str]]:
@@ -355,7 +522,7 @@ def _read(path: Path, flag: str) -> tuple[pl.DataFrame, dict[str, str]]:
 def summarize(out: Path) -> None:
     """Rewrite ``OUT.md`` from ``OUT.parquet`` (a finished or interrupted benchmark), with today's summary."""
     images, meta = _read(out.with_suffix(".parquet"), "--summarize")
-    atomic_write_text(out.with_suffix(".md"), markdown(paired_summary(images), meta))
+    atomic_write_text(out.with_suffix(".md"), _report(images, _read_curve(out.with_suffix("")), meta))
 
 
 # Settings two runs must share for their seeds to be pooled.
@@ -383,7 +550,9 @@ def merge(sources: list[Path], out: Path, command: str) -> None:
     meta["title"] = meta["title"].rsplit(", seeds ", 1)[0] + f", seeds {seeds}"
     meta["command"] = command
     meta["merged from"] = ", ".join(str(src) for src in sources)
-    _write(images, out, meta)
+    curves = [_read_curve(src.with_suffix("")) for src in sources]
+    curve = pl.concat(curves, how="diagonal_relaxed") if all(c is not None for c in curves) else None
+    _write(images, curve, out, meta)
 
 
 def _meta(a: argparse.Namespace, common: list[str], argv: list[str] | None) -> dict[str, str]:
@@ -393,6 +562,7 @@ def _meta(a: argparse.Namespace, common: list[str], argv: list[str] | None) -> d
         "data": f"{common[0].split('=')[1]}; {_split_note(common)}",
         "wrong targets": f"{a.wrong_targets:.0%} of the train pool" if a.wrong_targets else "none",
         "scoring": f"test images centre-cropped to {a.eval_side} px" if a.eval_side else "whole test images",
+        **({"curve": f"selection and test images scored every {a.eval_every} steps"} if a.eval_every else {}),
         "CI": f"{CONFIDENCE:.0%} percentile bootstrap ({RESAMPLES} resamples, seed 0): over test images, each "
               "image's difference averaged over the seeds; and over seeds and images both",
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {a.workers} worker(s) x 1 thread",

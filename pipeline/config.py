@@ -96,7 +96,8 @@ RENAMED_KEYS = {"bild.entropy_coef": "bild.alpha"}
 PAPER_STEP = {"bild.mix": 1.0, "train.val_rotation": False}
 # Training options added since runs were first saved -> the value that trains as those runs did.
 ADDED_KEYS = {**PAPER_STEP, "bild.ess_floor": 0.0, "train.bild_warmup_steps": 0, "train.precision": "fp32",
-              "train.compile": False, "train.init": None, "train.init_sha256": None}
+              "train.compile": False, "train.init": None, "train.init_sha256": None, "bild.alignment_space": "sgd",
+              "bild.reward": "per_crop", "train.lr_schedule": "constant"}
 
 
 def paper_step_overrides() -> list[str]:

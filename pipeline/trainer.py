@@ -47,9 +47,9 @@ from .hardware import allow_tf32, cudnn_autotune, grad_scaler, resolve_precision
 from .models.store import init_weights
 from .progress import progress_bar
 
-__all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "TrainingOutOfMemoryError", "bild_config",
-           "check_memory", "check_training_config", "check_value", "for_device", "format_epoch", "load_index",
-           "step_bytes", "train"]
+__all__ = ["LR_SCHEDULES", "STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "TrainingOutOfMemoryError",
+           "bild_config", "check_memory", "check_training_config", "check_value", "for_device", "format_epoch",
+           "inner_lr", "load_index", "step_bytes", "train"]
 
 StepCallback = Callable[[CropBatch, StepStats], None]
 STEP_STATS = ("loss", "crop_loss", "val_loss", "reward_mean", "reward_std", "align_mean", "weight_entropy", "ess", "max_weight")
@@ -88,10 +88,28 @@ def check_value(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r}: expected {what} in {bottom}{low:g}, {top}")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def inner_lr(train_cfg: DictConfig, step: int) -> float:
+    """The backbone's learning rate at 0-based ``step``: ``train.inner_lr`` throughout, or cosine from it towards 0.
+
+    The cosine spans the run's ``epochs * steps_per_epoch`` steps, eta_1 (1 + cos(pi s / T)) / 2, so
+    the last step still moves; a step past T (a time-budgeted run) keeps the last step's rate. A
+    function of the step count alone, which the checkpoint carries, so a resumed run is exact.
+    """
+    if train_cfg.lr_schedule == "constant":
+        return train_cfg.inner_lr
+    total = train_cfg.epochs * train_cfg.steps_per_epoch
+    return train_cfg.inner_lr * 0.5 * (1 + math.cos(math.pi * min(step, total - 1) / total))
+
+
 def check_training_config(cfg: DictConfig) -> None:
     """Every numeric training setting within its bounds, and a validation split where the mode needs one."""
     for key in TRAINING_BOUNDS:
         check_value(key, OmegaConf.select(cfg, key))
+    if cfg.train.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule={cfg.train.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
     if cfg.mode == "bild" and cfg.train.val_fraction == 0:
         raise ConfigError("train.val_fraction=0 (--val-fraction): mode bild holds out part of the train pool to "
                           "drive the outer loop; expected a fraction in (0, 1), or --mode bild-train or plain")
@@ -162,6 +180,8 @@ def bild_config(cfg: DictConfig) -> BildConfig:
         mix=b.mix,
         ess_floor=b.ess_floor,
         precision=resolve_precision(cfg.train.precision, resolve_device(cfg.device)),
+        alignment_space=b.alignment_space,
+        reward=b.reward,
     )
 
 
@@ -331,6 +351,8 @@ class Trainer:
         for k in bar:
             waited = time.perf_counter()
             step_cfg = self.warmup_cfg if self.step < warmup else self.bild_cfg
+            for group in self.nets.inner_opt.param_groups:
+                group["lr"] = inner_lr(self.cfg.train, self.step)
             try:
                 item = next(crops)
                 sums["ms_data"] += 1000 * (time.perf_counter() - waited)
@@ -409,6 +431,7 @@ class Trainer:
                 "scaler": nets.scaler.state_dict() if nets.scaler else None,
             },
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "reward_baseline": nets.reward_baseline,
             "data": {"name": self.index.name, "layout": self.index.layout, "fingerprint": self.index.fingerprint,
                      "splits": vars(self.splits), "select_scored": self.select_scored},
         }
@@ -425,6 +448,7 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         self.epoch, self.step = state["epoch"], state["step"]
+        nets.reward_baseline = state.get("reward_baseline")
 
     def save(self, path: str | os.PathLike, **extra: Any) -> None:
         """Write the checkpoint atomically (pipeline.checkpoints): a crash never leaves half a file."""

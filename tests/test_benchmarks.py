@@ -125,3 +125,31 @@ def test_crop_stream_controls_run_plain_two_ways_per_seed() -> None:
     by = {(r["variant"], r["seed"]): r["psnr"] for r in rows}
     assert by[("plain-on-split", 0)] != by[("plain-val-draws", 0)]
     assert "plain-val-draws: mean" in out
+
+
+def test_bild_vs_plain_eval_every_gives_a_curve_with_a_point_every_k_steps(tmp_path: Path) -> None:
+    import polars as pl
+
+    out = tmp_path / "curve"
+    args = ["--dataset", "builtin", "--backbone", "aodnet", "--preset", "tiny", "--crop", "32", "--steps", "6",
+            "--epochs", "2", "--seeds", "0", "--levers", "mix-0.5+adam,reference-code", "--eval-every", "2",
+            "--out", str(out)]
+    subprocess.run([sys.executable, str(BILD_VS_PLAIN), *args], capture_output=True, text=True, check=True)
+    curve = pl.read_parquet(out.with_suffix(".curve.parquet"))
+    images = pl.read_parquet(out.with_suffix(".parquet"))
+    for lever in ("plain", "mix-0.5+adam", "reference-code"):
+        mine = curve.filter(pl.col("lever") == lever)
+        assert sorted(mine["step"].unique()) == [2, 4, 6]  # 6 steps, a point every 2
+        test = mine.filter(pl.col("split") == "test")
+        assert test.group_by("step").len()["len"].to_list() == [images.filter(pl.col("lever") == lever).height] * 3
+        assert mine.filter(pl.col("split") == "select").height > 0
+    # The last point is the final model: the same scores as the end-of-training table's.
+    last = curve.filter((pl.col("step") == 6) & (pl.col("split") == "test")).join(images, on=["lever", "seed", "pair"])
+    assert (last["psnr"] - last["psnr_right"]).abs().max() < 1e-9
+    table = out.with_suffix(".md").read_text()
+    for section in ("over training", "best point on the selection set", "The protocol gap"):
+        assert section in table
+    assert "| 6 |" in table.split("over training")[1].split("##")[0]
+    # The reference code's reweighter barely moves; the per-crop reward's does.
+    shift = dict(images.group_by("lever").agg(pl.col("policy_shift").first()).iter_rows())
+    assert shift["reference-code"] < 1e-6 < shift["mix-0.5+adam"] and shift["plain"] is None

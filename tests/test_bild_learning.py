@@ -65,3 +65,51 @@ def test_bounds_and_corruption_modes_run_the_way_the_benchmark_does(corrupt: str
     assert 0.0 <= result["reward_auc"] <= 1.0
     # A trusted validation split holds no wrong pair; one drawn from a corrupted pool does.
     assert (result["wrong_in_val"] == 0) == (corrupt == "train")
+
+
+def test_reward_quality_ground_truth_is_the_real_one_crop_step_and_the_table_is_complete() -> None:
+    import torch
+
+    from experiments.reward_quality import _common, ground_truth, reward_quality
+    from pipeline.bild import CropBatch, per_crop_l1
+    from pipeline.config import compose_config
+    from pipeline.trainer import Trainer, load_index
+
+    common = _common(None, 32, 0)
+    index = load_index(compose_config(common))
+    rows = reward_quality("aodnet", "tiny", common, index, noisy=True, early=2, late=4, batches=2, seed=0)
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:
+        assert -1 <= r["spearman_sgd"] <= 1 and -1 <= r["spearman_adam"] <= 1
+        assert all(0 <= r[k] <= 1 for k in ("auc_sgd", "auc_adam", "auc_truth"))
+    # The ground truth of one crop is what stepping the trainer's own optimiser on that crop does.
+    trainer = Trainer(compose_config([*common, "backbone=aodnet", "backbone.preset=tiny", "mode=bild"]), index)
+    crops = lambda k: torch.rand(k, 3, 32, 32)  # noqa: E731
+    batch = CropBatch(crops(3), crops(3), crops(2), crops(2))
+    truth = ground_truth(trainer, batch)
+    val = lambda: float(per_crop_l1(trainer.backbone(batch.val_hazy), batch.val_clear).mean())  # noqa: E731
+    before = val()
+    per_crop_l1(trainer.backbone(batch.hazy[1:2]), batch.clear[1:2]).mean().backward()
+    trainer.nets.inner_opt.step()
+    assert truth[1] == pytest.approx(before - val(), abs=1e-7)
+
+
+def test_ssim_explanation_compares_outputs_with_the_truth_and_says_which_crops_are_favoured() -> None:
+    import torch
+
+    from experiments.reward_quality import _common, crop_features, explain_ssim
+    from pipeline.config import compose_config
+    from pipeline.trainer import load_index
+
+    common = _common(None, 32, 0)
+    rows = explain_ssim(common, load_index(compose_config(common)), steps=3, seed=0)
+    assert [r["lever"] for r in rows] == ["plain", "bild (paper's step)", "bild (default)"]
+    assert rows[0]["weights_favour"] is None and set(rows[1]["weights_favour"]) == {
+        "haze density", "bright share", "dark share", "contrast"}
+    for r in rows:
+        assert len(r["mean_offset_rgb"]) == len(r["contrast_ratio_rgb"]) == 3 and min(r["contrast_ratio_rgb"]) >= 0
+    # The features mean what they say: a white crop is all bright, a black one all dark.
+    clear = torch.stack([torch.ones(3, 8, 8), torch.zeros(3, 8, 8)])
+    feats = crop_features(clear * 0.5 + 0.5, clear)
+    assert feats["bright share"].tolist() == [1.0, 0.0] and feats["dark share"].tolist() == [0.0, 1.0]
+    assert feats["haze density"].tolist() == [0.0, 0.5]

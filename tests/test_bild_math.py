@@ -16,9 +16,12 @@ from pipeline.bild import (
     CropBatch,
     NonFiniteLossError,
     Reweighter,
+    adam_preconditioner,
+    adam_step_jacobian,
     alignment_fd,
     alignment_jvp,
     alignment_loop,
+    batch_wide_policy_loss,
     bild_step,
     crop_log_weights,
     crop_rewards,
@@ -398,3 +401,170 @@ def test_ess_floor_lowers_lambda_just_enough(floor: float) -> None:
     torch.nn.init.normal_(nets.reweighter.head.weight, std=5.0)
     batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
     assert bild_step(batch, nets, _cfg(ess_floor=floor)).ess >= floor * 6 - 1e-4
+
+
+# --- Adam alignment: d_i = < P g_v , grad l_i >, P = 1 / (sqrt(v_hat) + eps) ------------------------
+
+
+def _adam_problem(warm_steps: int):
+    """A tiny AOD-Net in float64 whose Adam has taken ``warm_steps`` steps, a weighted batch and validation crops."""
+    torch.manual_seed(0)
+    model = create_backbone("aodnet", "tiny").double()
+    crops = lambda k: torch.rand(k, 3, 16, 16, dtype=torch.float64)  # noqa: E731
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(warm_steps):
+        opt.zero_grad()
+        per_crop_l1(model(crops(4)), crops(4)).mean().backward()
+        opt.step()
+    weights = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_(True)
+    return model, opt, weights, crops(6), crops(6), crops(3), crops(3)
+
+
+def _differentiable_adam_step(model, opt, weights, hazy, clear, *, hold_fixed: bool):
+    """theta_{t-1} and theta_t(w) of one Adam step on (1/n) sum w_i l_i, differentiable in w.
+
+    ``hold_fixed``: the denominator is sqrt(v_hat_{t-1}) + eps as it stood before the step (as
+    ``bild.alignment_space=adam`` holds it), else torch's Adam exactly, v_t = beta_2 v + (1 - beta_2) g^2
+    and all. Returns (theta_{t-1}, theta_t, the momentum factor (1 - beta_1) / (1 - beta_1^t)).
+    """
+    group = opt.param_groups[0]
+    (beta1, beta2), eps, lr = group["betas"], group["eps"], group["lr"]
+    old = {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
+    inner = (weights * per_crop_l1(torch.func.functional_call(model, old, (hazy,)), clear)).mean()
+    grads = torch.autograd.grad(inner, list(old.values()), create_graph=True)
+    new = {}
+    for (name, p), g, param in zip(old.items(), grads, model.parameters()):
+        state = opt.state.get(param, {})
+        m, v = state.get("exp_avg", torch.zeros_like(p)), state.get("exp_avg_sq", torch.zeros_like(p))
+        t = int(state.get("step", 0)) + 1
+        if hold_fixed:
+            # Before the first step v_0 = 0 says nothing: the step's own v_1 (v_hat = g^2), held fixed.
+            v_hat = v / (1 - beta2 ** (t - 1)) if t > 1 else g.detach() ** 2
+        else:
+            # clamp: where a parameter never had a gradient, sqrt's derivative at 0 would be inf * 0.
+            v_hat = ((beta2 * v + (1 - beta2) * g * g) / (1 - beta2**t)).clamp_min(1e-300)
+        m_hat = (beta1 * m + (1 - beta1) * g) / (1 - beta1**t)
+        new[name] = p - lr * m_hat / (v_hat.sqrt() + eps)
+    return old, new, (1 - beta1) / (1 - beta1**t), lr
+
+
+def _adam_alignments(warm_steps: int, hold_fixed: bool):
+    """(-n / (eta c) dL_v/dw from autograd, d along P g_v by the loop reference, the problem's parts)."""
+    model, opt, weights, hazy, clear, val_hazy, val_clear = _adam_problem(warm_steps)
+    old, new, momentum, lr = _differentiable_adam_step(model, opt, weights, hazy, clear, hold_fixed=hold_fixed)
+    val_loss = per_crop_l1(torch.func.functional_call(model, new, (val_hazy,)), val_clear).mean()
+    grad_val = dict(zip(old, torch.autograd.grad(val_loss, list(new.values()), retain_graph=True)))
+    (dl_dw,) = torch.autograd.grad(val_loss, weights)
+    reference = -dl_dw * weights.numel() / (lr * momentum)
+    precond = adam_preconditioner(model, opt)
+    if precond is None:  # the first step, as bild_step does it: P from the step's own v_1 = (1 - beta_2) g^2
+        opt.zero_grad()
+        (weights.detach() * per_crop_l1(model(hazy), clear)).mean().backward()
+        opt.step()
+        precond = adam_preconditioner(model, opt)
+    direction = {k: precond[k] * g for k, g in grad_val.items()}
+    frozen = {k: p.detach() for k, p in old.items()}
+    return reference, direction, grad_val, (model, frozen, hazy, clear)
+
+
+@pytest.mark.parametrize("warm_steps", [0, 3], ids=["first-step", "after-3-steps"])
+def test_adam_alignment_is_the_hypergradient_with_the_preconditioner_held_fixed(warm_steps: int) -> None:
+    reference, direction, _, (model, old, hazy, clear) = _adam_alignments(warm_steps, hold_fixed=True)
+    assert reference.abs().max() > 0
+    loop = alignment_loop(model, old, direction, hazy, clear)
+    assert _rel_err(loop, reference) < 1e-8
+    # fd and jvp estimate the same d when handed P g_v, as bild_step hands it to them.
+    assert _rel_err(alignment_jvp(model, old, direction, hazy, clear), reference) < 1e-8
+    # Central differences stay an estimate: P's entries span orders of magnitude (1 / eps where a
+    # gradient is ~0), so a step along P g_v moves a few parameters far and some pixels cross a ReLU's
+    # kink; 1e-5 is still far below any use of d.
+    central = alignment_fd(model, old, direction, hazy, clear, central=True, rel_step=1e-7)
+    assert _rel_err(central, reference) < 1e-5
+
+
+def test_adam_alignment_against_the_exact_derivative_of_the_adam_step(capsys: pytest.CaptureFixture) -> None:
+    """How far d along P g_v is from the exact derivative of torch's Adam step, nothing held fixed.
+
+    Holding v fixed drops v_t's own dependence on this step's gradient, which the bias
+    correction weighs by (1 - beta_2) / (1 - beta_2^t), about 1/t: large for the first tens of
+    steps, negligible after a few hundred (measured here: docs/design.md).
+    """
+    errors = {}
+    for warm_steps in (3, 300):
+        exact, direction, grad_val, (model, old, hazy, clear) = _adam_alignments(warm_steps, hold_fixed=False)
+        adam = alignment_loop(model, old, direction, hazy, clear)
+        sgd = alignment_loop(model, old, grad_val, hazy, clear)
+        corr = lambda a: float(np.corrcoef(a.numpy(), exact.numpy())[0, 1])  # noqa: E731
+        errors[warm_steps] = float((adam - exact).norm() / exact.norm())
+        with capsys.disabled():
+            print(f"\nstep {warm_steps + 1}: Adam alignment vs the exact derivative of the Adam step: relative "
+                  f"error {errors[warm_steps]:.3g}, correlation {corr(adam):+.4f} (SGD alignment's {corr(sgd):+.4f})")
+    assert errors[3] > 1  # early on the held-fixed v is a poor model of the step ...
+    assert errors[300] < 0.1  # ... and a close one once the bias correction has settled
+
+
+@pytest.mark.parametrize("warm_steps", [0, 3, 30], ids=["first-step", "after-3-steps", "after-30-steps"])
+def test_adam_exact_alignment_is_the_exact_derivative_of_the_adam_step(warm_steps: int) -> None:
+    # The reference holds nothing fixed; adam_step_jacobian reads the state after a real step on the same batch.
+    model, opt, weights, hazy, clear, val_hazy, val_clear = _adam_problem(warm_steps)
+    old, new, momentum, lr = _differentiable_adam_step(model, opt, weights, hazy, clear, hold_fixed=False)
+    val_loss = per_crop_l1(torch.func.functional_call(model, new, (val_hazy,)), val_clear).mean()
+    grad_val = dict(zip(old, torch.autograd.grad(val_loss, list(new.values()), retain_graph=True)))
+    (dl_dw,) = torch.autograd.grad(val_loss, weights)
+    opt.zero_grad()
+    (weights.detach() * per_crop_l1(model(hazy), clear)).mean().backward()
+    opt.step()
+    jacobian = adam_step_jacobian(model, opt)
+    direction = {k: jacobian[k] * g for k, g in grad_val.items()}
+    frozen = {k: p.detach() for k, p in old.items()}
+    exact = alignment_loop(model, frozen, direction, hazy, clear)
+    assert _rel_err(exact, -dl_dw * weights.numel() / lr) < 1e-8  # dL_v/dw_i = -(eta / n) d_i, nothing dropped
+
+
+def test_adam_alignment_space_runs_a_bild_step_from_the_first_step() -> None:
+    batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
+    sgd, adam = _tiny_nets("aodnet", 1e-2), _tiny_nets("aodnet", 1e-2)
+    for space in ("adam", "adam_exact"):
+        for estimator in ("fd", "jvp"):
+            first = bild_step(batch, adam, _cfg(estimator=estimator, alignment_space=space))
+            second = bild_step(batch, adam, _cfg(estimator=estimator, alignment_space=space))
+            assert np.isfinite(first.reward_mean) and np.isfinite(second.reward_mean) and second.estimator == estimator
+    # The same batch, the same networks: only the alignment's space differs.
+    sgd_stats = bild_step(batch, sgd, _cfg(alignment_space="sgd"))
+    adam_nets = _tiny_nets("aodnet", 1e-2)
+    adam_stats = bild_step(batch, adam_nets, _cfg(alignment_space="adam"))
+    assert not torch.allclose(sgd_stats.crop_align, adam_stats.crop_align)
+
+
+# --- the public reference code's reweighter: one batch-wide reward ------------------------------------
+
+
+def test_batch_wide_reward_gives_a_policy_gradient_of_zero() -> None:
+    torch.manual_seed(0)
+    reweighter = Reweighter(width=4, depth=2).double()
+    torch.nn.init.normal_(reweighter.head.weight, std=0.5)  # non-uniform weights, as mid-training
+    hazy, clear = torch.rand(10, 3, 24, 24, dtype=torch.float64), torch.rand(10, 3, 24, 24, dtype=torch.float64)
+    log_policy = crop_log_weights(reweighter(hazy, clear))
+    assert log_policy.exp().std() > 0.1  # the weights are far from uniform, yet ...
+    for advantage in (0.37, -5.0):
+        grads = torch.autograd.grad(batch_wide_policy_loss(advantage, log_policy), list(reweighter.parameters()),
+                                    retain_graph=True)
+        assert max(g.abs().max().item() for g in grads) < 1e-10
+    # ... while eq. 7's per-crop rewards on the same batch move it.
+    per_crop = torch.autograd.grad(policy_loss(torch.linspace(-1, 1, 10, dtype=torch.float64), log_policy),
+                                   list(reweighter.parameters()))
+    assert max(g.abs().max().item() for g in per_crop) > 1e-3
+
+
+def test_batch_wide_reward_leaves_the_reweighter_where_it_started() -> None:
+    batch = CropBatch(torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
+    moved = {}
+    for reward in ("batch_wide", "per_crop"):
+        nets = _tiny_nets("aodnet", 1e-2)
+        start = [p.detach().clone() for p in nets.reweighter.parameters()]
+        for _ in range(4):
+            stats = bild_step(batch, nets, _cfg(reward=reward))
+        moved[reward] = max((p - s).abs().max().item() for p, s in zip(nets.reweighter.parameters(), start))
+        assert np.isfinite(stats.reward_mean)
+    assert nets.reward_baseline is None and moved["per_crop"] > 1e-3
+    assert moved["batch_wide"] < 1e-6  # Adam rescales a rounding-level gradient; it stays at rounding level

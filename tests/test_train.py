@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 
 from pipeline.backbones import list_backbones
 from pipeline.bild import build_reweighter
-from pipeline.config import compose_config, saved_config
+from pipeline.config import ConfigError, compose_config, saved_config
 from pipeline.checkpoints import load_checkpoint
 from pipeline.train import main
-from pipeline.trainer import Trainer, bild_config, train
+from pipeline.trainer import Trainer, bild_config, inner_lr, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["progress=false", "dataset.crop=32"]
@@ -247,3 +247,39 @@ def test_default_threads_follow_the_cpus_and_sleep_when_idle() -> None:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "PASSIVE", out.stderr
+
+
+def test_cosine_schedule_lr_at_the_first_middle_and_last_step() -> None:
+    cfg = compose_config(["train.epochs=2", "train.steps_per_epoch=5", "train.inner_lr=1e-3",
+                          "train.lr_schedule=cosine"])
+    assert inner_lr(cfg.train, 0) == pytest.approx(1e-3)  # the first step at the full rate
+    assert inner_lr(cfg.train, 5) == pytest.approx(0.5e-3)  # half way through the 10 steps
+    assert inner_lr(cfg.train, 9) == pytest.approx(1e-3 * (1 + np.cos(0.9 * np.pi)) / 2)  # the last, still > 0
+    assert inner_lr(cfg.train, 9) > 0 and inner_lr(cfg.train, 50) == inner_lr(cfg.train, 9)
+    constant = compose_config(["train.inner_lr=1e-3"])
+    assert inner_lr(constant.train, 0) == inner_lr(constant.train, 10**6) == 1e-3
+
+
+def test_the_optimiser_steps_at_the_scheduled_rate_and_a_resumed_run_keeps_it(tmp_path: Path) -> None:
+    common = ["backbone=aodnet", "backbone.preset=tiny", "mode=bild", "train.epochs=2", "train.steps_per_epoch=3",
+              "train.lr_schedule=cosine", "train.inner_lr=1e-3", *SMALL]
+    straight = compose_config([*common, f"run_dir={tmp_path / 'a'}"])
+    trainer, rates = Trainer(straight), []
+    for _ in range(2):
+        trainer.train_epoch(on_step=lambda batch, stats: rates.append(trainer.nets.inner_opt.param_groups[0]["lr"]))
+    assert rates == pytest.approx([inner_lr(straight.train, s) for s in range(6)]) and rates[0] > rates[3] > rates[5]
+    # Interrupted after epoch 1 of the same run, then resumed: the same parameters as straight through.
+    train(straight)
+    interrupted = Trainer(compose_config([*common, f"run_dir={tmp_path / 'b'}"]))
+    interrupted.train_epoch()
+    interrupted.save(tmp_path / "b" / "checkpoint.pt", metrics={})
+    interrupted.close()
+    train(compose_config([*common, f"run_dir={tmp_path / 'b'}"]), resume=True)
+    a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    for key, value in a["models"]["backbone"].items():
+        assert torch.equal(value, b["models"]["backbone"][key]), f"backbone.{key} differs after resume"
+
+
+def test_bad_lr_schedule_is_named() -> None:
+    with pytest.raises(ConfigError, match="train.lr_schedule='linear': expected one of constant, cosine"):
+        Trainer(compose_config(["train.lr_schedule=linear", *SMALL]))

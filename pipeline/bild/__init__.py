@@ -4,10 +4,20 @@
 estimates the per-crop alignment d_i; ``reweighter.py`` is the policy f_phi.
 """
 
-from .alignment import ESTIMATORS, alignment_fd, alignment_jvp, alignment_loop, per_crop_l1
+from .alignment import (
+    ALIGNMENT_SPACES,
+    ESTIMATORS,
+    adam_preconditioner,
+    adam_step_jacobian,
+    alignment_fd,
+    alignment_jvp,
+    alignment_loop,
+    per_crop_l1,
+)
 from .reweighter import WEIGHTINGS, Reweighter, build_reweighter, crop_log_weights
 from .step import (
     MODES,
+    REWARDS,
     AlignmentFn,
     REGULARISERS,
     REWARD_NORMS,
@@ -16,6 +26,7 @@ from .step import (
     CropBatch,
     NonFiniteLossError,
     StepStats,
+    batch_wide_policy_loss,
     bild_step,
     crop_rewards,
     entropy_grad,
@@ -26,10 +37,12 @@ from .step import (
 )
 
 __all__ = [
+    "ALIGNMENT_SPACES",
     "AlignmentFn",
     "ESTIMATORS",
     "MODES",
     "REGULARISERS",
+    "REWARDS",
     "REWARD_NORMS",
     "WEIGHTINGS",
     "BildConfig",
@@ -38,9 +51,12 @@ __all__ = [
     "NonFiniteLossError",
     "Reweighter",
     "StepStats",
+    "adam_preconditioner",
+    "adam_step_jacobian",
     "alignment_fd",
     "alignment_jvp",
     "alignment_loop",
+    "batch_wide_policy_loss",
     "bild_step",
     "build_reweighter",
     "crop_log_weights",

@@ -12,6 +12,9 @@ gradient would also have lowered the validation loss. Three estimators:
 - ``loop``: n backward passes, one per crop. The exact reference, for tests only.
 
 benchmarks/step_cost.py measured ``fd`` as the cheapest (docs/benchmarks.md), hence the default.
+
+Every estimator takes the direction as given: ``bild.alignment_space: adam`` passes P g_v
+(``adam_preconditioner``) instead of g_v, so d_i = < P g_v , grad l_i > (pipeline/bild/step.py).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-__all__ = ["ESTIMATORS", "Params", "per_crop_l1", "alignment_fd", "alignment_jvp", "alignment_loop"]
+__all__ = ["ALIGNMENT_SPACES", "ESTIMATORS", "Params", "adam_preconditioner", "adam_step_jacobian", "per_crop_l1",
+           "alignment_fd", "alignment_jvp", "alignment_loop"]
 
 ESTIMATORS = ("fd", "jvp", "loop")
+ALIGNMENT_SPACES = ("sgd", "adam", "adam_exact")
 
 Params = dict[str, torch.Tensor]
 
@@ -31,6 +36,59 @@ Params = dict[str, torch.Tensor]
 def per_crop_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """l_i = mean |f(x_i) - y_i| over one crop's pixels: (n,3,H,W) x2 -> (n,)."""
     return (pred - target).abs().flatten(1).mean(1)
+
+
+def adam_preconditioner(model: nn.Module, opt: torch.optim.Optimizer) -> Params | None:
+    """P = 1 / (sqrt(v_hat) + eps) per parameter, from the Adam second moment ``opt`` holds now; None before its first step.
+
+    v_hat = v / (1 - beta_2^s) with s the optimiser's own step count: the denominator torch's Adam
+    (no amsgrad) divides by. A parameter Adam holds no state for (it never had a gradient) gets
+    P = 1: its gradients are zero, so any finite P leaves d unchanged.
+    """
+    if not any("exp_avg_sq" in state for state in opt.state.values()):
+        return None
+    group_of = {p: g for g in opt.param_groups for p in g["params"]}
+    precond: Params = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        state = opt.state.get(p, {})
+        if "exp_avg_sq" not in state:
+            precond[name] = torch.ones_like(p)
+            continue
+        group = group_of[p]
+        correction = 1 - group["betas"][1] ** float(state["step"])
+        precond[name] = 1.0 / ((state["exp_avg_sq"] / correction).sqrt() + group["eps"])
+    return precond
+
+
+def adam_step_jacobian(model: nn.Module, opt: torch.optim.Optimizer) -> Params:
+    """J = d u / d g per parameter, u = m_hat / (sqrt(v_hat) + eps) the Adam step ``opt`` has just taken on gradient g.
+
+    Adam is elementwise, so the exact derivative of its step with respect to this step's
+    gradient is diagonal: with c = (1 - beta_1) / (1 - beta_1^t), D = sqrt(v_hat) + eps,
+    J = c / D - (1 - beta_2) / (1 - beta_2^t) m_hat g / (sqrt(v_hat) D^2), all from the state after
+    the step and the gradient still in ``p.grad``. Nothing is held fixed; where v_hat = 0 the
+    gradient is 0 and so is the second term. A parameter without state or gradient gets J = 1.
+    """
+    group_of = {p: g for g in opt.param_groups for p in g["params"]}
+    jacobian: Params = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        state = opt.state.get(p, {})
+        if "exp_avg_sq" not in state or p.grad is None:
+            jacobian[name] = torch.ones_like(p)
+            continue
+        group = group_of[p]
+        (beta1, beta2), t = group["betas"], float(state["step"])
+        second = 1 - beta2**t
+        root = (state["exp_avg_sq"] / second).sqrt()
+        denom = root + group["eps"]
+        m_hat = state["exp_avg"] / (1 - beta1**t)
+        through_v = torch.where(root > 0, (1 - beta2) / second * m_hat * p.grad / (root * denom**2), 0.0)
+        jacobian[name] = (1 - beta1) / (1 - beta1**t) / denom - through_v
+    return jacobian
 
 
 def _crop_losses(model: nn.Module, params: Params, hazy: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,20 @@ the effective sample size (sum w)^2 / sum w^2 stays >= f n. Since sum w_i^2 = n 
 with V = sum_i (w^pi_i)^2 - n, the step's lambda is min(lambda, sqrt(n (1/f - 1) / V)), in
 closed form; it is held constant within the step, so the gradient above holds at that lambda.
 
+Adam space (``cfg.alignment_space = "adam"``): the inner optimiser is Adam, whose step for crop i
+is preconditioned. Holding its denominator fixed at P = diag(1 / (sqrt(v_hat) + eps)) from the
+second moment as it stood before the step, and the momentum factor c = (1 - beta_1) / (1 - beta_1^t)
+(a constant of the step), d L_v(theta_t) / d w_i = -(eta_1 c / n) < P g_v , grad l_i >: stage 4
+moves along P g_v instead of g_v, and every estimator is otherwise unchanged. At the first step
+v_0 = 0 carries nothing, so P comes from the step's own v_1 (v_hat = g^2, the denominator it used).
+``adam_exact`` holds nothing fixed: Adam is elementwise, so the derivative of its step with respect
+to this step's gradient is a diagonal J (``adam_step_jacobian``), and d_i = < J g_v , grad l_i > gives
+d L_v(theta_t) / d w_i = -(eta_1 / n) d_i exactly, at the same cost.
+
+The reference code's reward (``cfg.reward = "batch_wide"``): one number for the batch,
+R = < g_v , (1/n) sum_i w_i grad l_i >, less a moving baseline b, on the policy's weights that sum
+to 1: loss = -(R - b) sum_i p_i. Its gradient is (R - b) times grad sum_i p_i = grad 1 = 0, whatever R.
+
 Modes: ``plain`` trains the backbone with w = 1 (the baseline); ``bild`` and
 ``bild-train`` run all six stages and differ only in where the caller draws the
 "validation" crops from (the held-out split, or the training split: the paper's ablation).
@@ -61,12 +75,23 @@ import torch
 from torch import nn
 
 from ..hardware import autocast, exact_float32
-from .alignment import ESTIMATORS, Params, alignment_fd, alignment_jvp, alignment_loop, per_crop_l1
+from .alignment import (
+    ALIGNMENT_SPACES,
+    ESTIMATORS,
+    Params,
+    adam_preconditioner,
+    adam_step_jacobian,
+    alignment_fd,
+    alignment_jvp,
+    alignment_loop,
+    per_crop_l1,
+)
 from .reweighter import crop_log_weights
 
 __all__ = [
     "AlignmentFn",
     "MODES",
+    "REWARDS",
     "REWARD_NORMS",
     "BildConfig",
     "BildNets",
@@ -74,6 +99,7 @@ __all__ = [
     "NonFiniteLossError",
     "StepStats",
     "bild_step",
+    "batch_wide_policy_loss",
     "entropy_grad",
     "crop_rewards",
     "policy_loss",
@@ -84,6 +110,8 @@ __all__ = [
 
 MODES = ("plain", "bild", "bild-train")
 REWARD_NORMS = ("none", "batch")
+REWARDS = ("per_crop", "batch_wide")
+BASELINE_DECAY = 0.9  # the batch-wide reward's moving baseline: b <- 0.9 b + 0.1 R
 REGULARISERS = ("entropy", "uniform_kl")
 
 log = logging.getLogger(__name__)
@@ -113,6 +141,7 @@ class BildNets:
     reweighter: nn.Module | None = None
     outer_opt: torch.optim.Optimizer | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16 only: the inner step's loss scaler
+    reward_baseline: float | None = None  # the batch-wide reward's moving baseline (bild.reward=batch_wide)
 
 
 @dataclass
@@ -129,6 +158,8 @@ class BildConfig:
     mix: float  # lambda: the policy's share in w = (1 - lambda) + lambda * w^pi; 0 = plain weights, 1 = the paper's
     ess_floor: float  # f: lambda is lowered within a step to keep ESS >= f * n; 0 = no floor
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the backbone's forward passes (pipeline.hardware)
+    alignment_space: str = "sgd"  # "sgd": <g_v, grad l_i> | "adam": <P g_v, grad l_i> | "adam_exact": <J g_v, grad l_i>
+    reward: str = "per_crop"  # "per_crop": eq. 6 | "batch_wide": the public reference code's (its policy gradient is 0)
     sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
 
     def __post_init__(self) -> None:
@@ -139,6 +170,8 @@ class BildConfig:
             ("regulariser", self.regulariser, REGULARISERS),
             ("weighting", self.weighting, ("softmax", "sigmoid")),
             ("precision", self.precision, ("fp32", "bf16", "fp16")),
+            ("alignment_space", self.alignment_space, ALIGNMENT_SPACES),
+            ("reward", self.reward, REWARDS),
         ]:
             if value not in valid:
                 raise ValueError(f"BILD {name}={value!r} is not valid; expected one of {', '.join(valid)}")
@@ -316,6 +349,10 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     else:
         weights = torch.ones(batch.hazy.shape[0], device=device)
 
+    # Adam alignment: P from the second moment as it stands before this step (None at the first step).
+    adam_space = reweight and cfg.alignment_space == "adam"
+    precond = adam_preconditioner(backbone, nets.inner_opt) if adam_space else None
+
     # 2. Inner step (eq. 5): theta_t = step on (1/n) sum_i w_i l_i(theta_{t-1}).
     with autocast(cfg.precision, device):
         crop_losses = per_crop_l1(backbone(batch.hazy).float(), batch.clear)  # (n,)
@@ -323,6 +360,12 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     _check_finite(inner_loss, "training loss")
     _inner_update(nets, inner_loss)
     clock.lap("inner")
+    if reweight and cfg.alignment_space == "adam_exact":  # the exact derivative of the step just taken
+        precond = adam_step_jacobian(backbone, nets.inner_opt)
+    elif adam_space and precond is None:
+        # The first step: v_0 = 0 carries nothing (its bias correction is 0/0); the step's own
+        # v_1 = (1 - beta_2) g^2, i.e. v_hat = g^2, is the denominator the step divided by.
+        precond = adam_preconditioner(backbone, nets.inner_opt)
     inner_stats = torch.stack([inner_loss.detach(), crop_losses.detach().mean()])
     if not reweight:
         loss, crop_loss = inner_stats.tolist()
@@ -334,6 +377,14 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
         val_loss = per_crop_l1(backbone(batch.val_hazy).float(), batch.val_clear).mean()
     _check_finite(val_loss, "validation loss")
     grad_val = dict(zip(old_params, _gradient(val_loss, params, nets.scaler)))
+    if cfg.reward == "batch_wide":  # the reference code's reward: one global dot product, no per-crop alignment
+        # p.grad still holds the inner step's gradient (1/n) sum_i w_i grad l_i(theta_{t-1}).
+        reward = sum(float((g * p.grad).sum()) for g, p in zip(grad_val.values(), params) if p.grad is not None)
+        rewards, align = _batch_wide_outer_step(nets, reward, log_policy)
+        clock.lap("outer")
+        return _reweighted_stats(inner_stats, val_loss, rewards, align, weights, log_w, clock.times, "none")
+    if precond is not None:  # d_i = < P g_v , grad l_i >: every estimator moves along P g_v
+        grad_val = {k: precond[k] * g for k, g in grad_val.items()}
     clock.lap("val_grad")
     if not all(torch.isfinite(g).all() for g in grad_val.values()):
         # fp16 overflowed: skip this step's outer update, as the scaler skips an inner one.
@@ -354,7 +405,14 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     nets.outer_opt.step()
     clock.lap("outer")
 
-    # Every statistic in one device-to-host copy: one synchronisation a step on a GPU, not nine.
+    return _reweighted_stats(inner_stats, val_loss, rewards, align, weights, log_w, clock.times, estimator)
+
+
+def _reweighted_stats(
+    inner_stats: torch.Tensor, val_loss: torch.Tensor, rewards: torch.Tensor, align: torch.Tensor,
+    weights: torch.Tensor, log_w: torch.Tensor, times: dict[str, float], estimator: str,
+) -> StepStats:
+    """A reweighted step's statistics, all in one device-to-host copy: one synchronisation a step on a GPU, not nine."""
     p = weights / weights.sum()
     log_p = log_w - math.log(weights.shape[0])
     step_stats = torch.stack([
@@ -365,8 +423,32 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     return StepStats(
         loss=loss, crop_loss=crop_loss, val_loss=val, reward_mean=r_mean, reward_std=r_std, align_mean=a_mean,
         weight_entropy=entropy, ess=ess, max_weight=w_max, crop_weights=weights, crop_align=align.detach(),
-        times=clock.times, estimator=estimator,
+        times=times, estimator=estimator,
     )
+
+
+def batch_wide_policy_loss(advantage: float, log_policy: torch.Tensor) -> torch.Tensor:
+    """The public reference code's outer loss: -(R - b) sum_i p_i, p = softmax(s / tau) the weights summing to 1.
+
+    One reward for the whole batch multiplies sum_i p_i = 1, a constant in phi: the loss's
+    gradient is exactly zero whatever the reward (docs/design.md).
+    """
+    return -advantage * (log_policy - math.log(log_policy.numel())).exp().sum()
+
+
+def _batch_wide_outer_step(nets: BildNets, reward: float, log_policy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stages 5-6 as the reference code runs them: one reward R for the batch, a moving baseline b, one Adam step.
+
+    R = < g_v , (1/n) sum_i w_i grad l_i >, the global dot product of the validation and the summed
+    training gradients. Returns R - b broadcast to every crop and NaN alignments (none computed).
+    """
+    baseline = reward if nets.reward_baseline is None else nets.reward_baseline
+    nets.outer_opt.zero_grad(set_to_none=True)
+    batch_wide_policy_loss(reward - baseline, log_policy).backward()
+    nets.outer_opt.step()
+    nets.reward_baseline = BASELINE_DECAY * baseline + (1 - BASELINE_DECAY) * reward
+    n = log_policy.numel()
+    return torch.full((n,), reward - baseline, device=log_policy.device), torch.full((n,), math.nan, device=log_policy.device)
 
 
 # Backbones whose forward has an op without forward-mode AD: class name -> reason.
