@@ -2,13 +2,14 @@
 TPE through Ray Tune's OptunaSearch, ASHA, per-trial resources, the shared dataset index, Parquet
 results, and resumption of an interrupted experiment.
 
-Experiment folder (``<storage>/<name>/``):
+Experiment folder (``<storage>/<name>/``, on a local disk or in an object store, see pipeline/storage.py):
 
     config.yaml        the resolved Hydra config (backbone, dataset, search space, training)
     search.json        the search options (trials, concurrency, resources, modes)
     results/           the Parquet tables (pipeline/results.py)
     optuna/journal.log the Optuna studies, one per mode (``<name>-<mode>``): optuna.load_study and
-                       optuna-dashboard read them (pipeline/studies.py)
+                       optuna-dashboard read them (pipeline/studies.py; on object storage a copy of
+                       the driver's local journal, uploaded after every trial result)
     tune-bild/         Ray Tune's experiment for the bild trials (trial folders, checkpoints)
     tune-plain/        ... and for plain trials with ``--mode both``
 """
@@ -37,10 +38,11 @@ from optuna.trial import TrialState
 
 from ..config import ConfigError
 from ..data import PairIndex
-from ..files import DiskFullError, atomic_write_text
+from ..files import DiskFullError
 from ..results import FINISHED, HYPERPARAM_KEYS, read_rows, results_dir
-from ..studies import study_name, study_storage
-from .callback import ParquetResultsCallback
+from ..storage import Location, location
+from ..studies import pull_study, push_study, study_name, study_storage
+from .callback import ParquetResultsCallback, StudyUploadCallback
 from .space import SearchSpace, make_sampler
 from .state import StateBackupCallback, restore_state_backup
 from .trainable import train_trial, trial_dirname
@@ -71,8 +73,8 @@ class SearchOptions:
     grace_period: int = 1
 
     @property
-    def experiment_dir(self) -> Path:
-        return Path(self.storage).resolve() / self.name
+    def experiment_dir(self) -> Location:
+        return location(self.storage, "--storage") / self.name
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -195,7 +197,7 @@ def _fail_lost_study_trials(mode: str, grid: tune.ResultGrid, opts: SearchOption
     the results callback moves their Parquet rows to ``orphaned/``, and here the study closes
     them, so nothing stays RUNNING forever. Trials that Ctrl-C left unfinished are in ``grid``.
     """
-    known = {Path(r.path).name for r in grid}
+    known = {Path(r.path).name for r in grid}  # Ray's path: a local path or bucket/key, both end in the trial folder
     study = optuna.load_study(study_name=study_name(opts.name, mode), storage=study_storage(opts.experiment_dir))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial_dirname(trial.user_attrs.get("trial_id", "")) not in known:
@@ -217,13 +219,23 @@ def _trainable(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.Ob
     return tune.with_resources(with_data, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
+def _state_callbacks(path: Location) -> list[tune.Callback]:
+    """The last-good copy of Tune's state, on a local disk only: an object is written whole by one PUT."""
+    if not path.is_local:
+        return []
+    restore_state_backup(path.local)
+    return [StateBackupCallback(path.local)]
+
+
 def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.ObjectRef, opts: SearchOptions,
            fn: Trainable) -> tune.Tuner:
     trainable = _trainable(mode, cfg, space, index_ref, opts, fn)
     path = opts.experiment_dir / f"tune-{mode}"
-    restore_state_backup(path)
-    if tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    state_callbacks = _state_callbacks(path)
+    fs = None if path.is_local else path.fs  # Ray Tune's own storage_filesystem support for URIs
+    if tune.Tuner.can_restore(path.path, storage_filesystem=fs):
+        return tune.Tuner.restore(path.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=fs)
     identity = {
         "experiment": opts.name,
         "backbone": cfg.backbone.name,
@@ -245,10 +257,11 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.Object
         ),
         run_config=tune.RunConfig(
             name=f"tune-{mode}",
-            storage_path=str(opts.experiment_dir),
+            storage_path=opts.experiment_dir.path,
+            storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             callbacks=[ParquetResultsCallback(opts.experiment_dir, identity, mode, opts.epochs, space.metric),
-                       StateBackupCallback(path)],
+                       *state_callbacks, StudyUploadCallback(opts.experiment_dir)],
             verbose=1,
         ),
     )
@@ -317,8 +330,9 @@ def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: Sear
     ``trainable`` is what each trial runs (``train_trial`` unless a caller wraps it).
     """
     exp = opts.experiment_dir
-    atomic_write_text(exp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_text(exp / "search.json", json.dumps(asdict(opts), indent=2))
+    (exp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (exp / "search.json").write_text(json.dumps(asdict(opts), indent=2))
+    pull_study(exp)
     check_resources(opts)
     # The index (names, pairing, sizes; no pixels) goes into the object store once; trials on a
     # node map that one copy zero-copy and read the pixels themselves.
@@ -331,6 +345,7 @@ def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: Sear
         for mode in opts.modes:  # --mode both stops as a whole: an interrupted half ends the search
             grid = _fit(_tuner(mode, cfg, space, index_ref, opts, trainable), opts)
             _fail_lost_study_trials(mode, grid, opts)
+            push_study(opts.experiment_dir)
             _check_disk(mode, opts)
             if _interrupted(mode, opts):
                 raise SearchInterrupted(f"the {mode} trials did not all finish")
