@@ -205,7 +205,7 @@ def location(where: str | os.PathLike | Location, flag: str = "path") -> Locatio
     text = os.fspath(where)
     match = _SCHEME.match(text) if isinstance(text, str) else None
     if match is None:
-        path = str(Path(text).absolute())
+        path = str(Path(text).resolve())
         return Location(pafs.LocalFileSystem(), path, path)
     if match[1].lower() in _LOCAL_SCHEMES:
         return location(urllib.parse.urlsplit(text).path, flag)

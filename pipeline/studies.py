@@ -81,7 +81,9 @@ def study_name(experiment: str, mode: str) -> str:
 
 
 def study_storage(experiment_dir: str | os.PathLike | Location) -> JournalStorage:
-    """The experiment's Optuna storage (the journal file is created if missing)."""
+    """The experiment's Optuna storage (the journal file is created if missing; for a URI, the uploaded copy
+    is taken first when it is newer, see :func:`pull_study`)."""
+    pull_study(experiment_dir)
     path = study_journal(experiment_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
@@ -93,7 +95,7 @@ def dashboard_command(experiment_dir: str | os.PathLike | Location) -> str:
 
 def experiment_studies(experiment_dir: str | os.PathLike | Location) -> dict[str, optuna.Study]:
     """mode -> study of an experiment folder or URI; empty for one searched before studies were kept there."""
-    pull_study(experiment_dir)
+    pull_study(experiment_dir)  # a URI's journal is then in the cache, where study_journal looks
     if not study_journal(experiment_dir).is_file():
         return {}
     storage = study_storage(experiment_dir)

@@ -4,7 +4,8 @@ An object store has no ``flock``. The search therefore writes ``<experiment>/.se
 naming its host, pid and start time, and rewrites it every ``LEASE_REFRESH_S`` seconds. A
 second search on the same experiment reads it and stops, naming the holder. A lease not
 refreshed for ``LEASE_TIMEOUT_S`` seconds (its holder was killed, or its machine is gone) is
-stale: the next search takes it over and says so. The age is measured against the refresh
+stale: the next search takes it over and says so. So is a lease whose holder ran on this
+same machine and whose pid is gone (a ``kill -9``): the same command resumes at once. The age is measured against the refresh
 time written in the lease, so the machines' clocks must roughly agree (NTP) for the timeout
 to mean what it says.
 
@@ -66,9 +67,25 @@ def _write(path: Location, lease: dict[str, Any]) -> None:
     path.write_text(json.dumps({**lease, "refreshed": _now()}))
 
 
+def _holder_gone(lease: dict[str, Any]) -> bool:
+    """Whether the lease's holder ran on this machine and its process no longer exists."""
+    if lease.get("host") != socket.gethostname() or not isinstance(lease.get("pid"), int):
+        return False
+    try:
+        os.kill(lease["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
+
+
 def _acquire(path: Location, mine: dict[str, Any], timeout: float) -> None:
     held = _read(path)
-    if held is not None:
+    if held is not None and _holder_gone(held):
+        print(f"taking over experiment {path.parent} from {_holder_text(held)}: that process is gone",
+              file=sys.stderr, flush=True)
+    elif held is not None:
         age = _now() - float(held.get("refreshed", 0))
         if age < timeout:
             raise ExperimentBusyError(

@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import pickle
 import signal
 import warnings
 from collections.abc import Callable
@@ -47,7 +48,8 @@ from .space import SearchSpace, make_sampler
 from .state import StateBackupCallback, restore_state_backup
 from .trainable import train_trial, trial_dirname
 
-__all__ = ["SearchInterrupted", "SearchOptions", "Trainable", "check_resources", "start_ray", "run_search"]
+__all__ = ["SearchInterrupted", "SearchOptions", "Trainable", "check_dataset_visible", "check_resources", "start_ray",
+           "run_search"]
 
 # What each trial runs: ``train_trial``'s signature (config, *, mode, base_cfg, space, index, trials_dir, settled).
 Trainable = Callable[..., None]
@@ -126,6 +128,34 @@ def check_resources(opts: SearchOptions) -> None:
                               f"(the largest has {largest:g}); every trial would wait forever")
 
 
+def _sees(paths: list[str]) -> bool:
+    return all(os.path.isfile(p) for p in paths)
+
+
+def check_dataset_visible(index: PairIndex, opts: SearchOptions) -> None:
+    """Refuse, naming the node, a cluster node that would run trials but cannot read the dataset.
+
+    Data stays a path (NFS, or the same copy at the same path on every node); only results,
+    checkpoints and studies go to ``--storage``. One tiny task per node that could run a
+    trial checks that the first pair's files are there, before any trial starts.
+    """
+    if not len(index):
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    paths = [str(index.hazy_path(0)), str(index.clear_path(0))]
+    probe = ray.remote(num_cpus=0)(_sees)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= opts.cpus_per_trial
+             and n["Resources"].get("GPU", 0) >= opts.gpus_per_trial]
+    answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                       .remote(paths) for n in nodes])
+    blind = [n for n, sees in zip(nodes, answers) if not sees]
+    if blind:
+        names = ", ".join(f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})" for n in blind)
+        raise ConfigError(f"dataset root {index.root}: node {names} cannot read {paths[0]}; the data must be a path "
+                          "every node reads (NFS, or the same copy at the same path on each node)")
+
+
 class _OneLineTrialFailures(logging.Filter):
     """Ray Tune logs a failed trial with its whole traceback; say it in one line (the trial's error file keeps it all).
 
@@ -159,6 +189,25 @@ class _StudySearch(OptunaSearch):
         self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)  # the Optuna trial suggest just asked for
         return params
 
+    def save(self, checkpoint_path: str) -> None:
+        """Ray Tune's searcher state, without the Optuna storage: the journal's path is this machine's.
+
+        A resume (perhaps on another machine, with another cache) reattaches the study from the
+        experiment's own journal (:meth:`restore`); Optuna trials are kept as their ids.
+        """
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_storage", "_ot_study")}
+        state["_ot_trials"] = {tid: trial._trial_id for tid, trial in self._ot_trials.items()}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if "_ot_study" in self.__dict__ and self._ot_study is not None:
+            return  # saved with the storage inside (before save() left it out): as it was
+        self._storage = study_storage(self.experiment_dir)
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
+        self._ot_trials = {tid: optuna.Trial(self._ot_study, number) for tid, number in self._ot_trials.items()}
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("settled"):  # a finished trial repeating its record on resume: the study has it
             return
@@ -179,7 +228,7 @@ def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearc
         study.set_metric_names([space.metric])
     for key, value in {"experiment": opts.name, "mode": mode, "metric": space.metric}.items():
         study.set_user_attr(key, value)
-    return _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
+    search = _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
         space=space.for_mode(mode),
         metric=space.metric,
         mode=space.mode,
@@ -187,6 +236,8 @@ def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearc
         study_name=name,
         storage=storage,
     )
+    search.experiment_dir = str(opts.experiment_dir)  # where restore() finds the study again
+    return search
 
 
 def _fail_lost_study_trials(mode: str, grid: tune.ResultGrid, opts: SearchOptions) -> None:
@@ -334,6 +385,7 @@ def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: Sear
     (exp / "search.json").write_text(json.dumps(asdict(opts), indent=2))
     pull_study(exp)
     check_resources(opts)
+    check_dataset_visible(index, opts)
     # The index (names, pairing, sizes; no pixels) goes into the object store once; trials on a
     # node map that one copy zero-copy and read the pixels themselves.
     index_ref = ray.put(index)
