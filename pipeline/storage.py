@@ -178,6 +178,15 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
 
+    def append_text(self, text: str) -> None:
+        """Add ``text`` at the end; an object store has no append, so the (small) object is rewritten whole."""
+        if self.is_local:
+            self.local.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.local, "a", encoding="utf-8") as f:
+                f.write(text)
+            return
+        self.write_text((self.read_text() if self.is_file() else "") + text)
+
     def delete(self) -> None:
         """Remove this file or folder (with everything in it); nothing if it does not exist."""
         kind = self._info().type

@@ -43,7 +43,7 @@ from .data import (
 from .data.loader import StepCrops
 from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .evaluation.references import hazy_reference
-from .files import atomic_write_text
+from .storage import location
 
 __all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "bild_config", "check_training_config",
            "check_value", "format_epoch", "load_index", "train"]
@@ -364,10 +364,10 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
     Each epoch's metrics go to ``run_dir/metrics.jsonl``; the first epoch this process trains
     also carries ``first_step_s``, the seconds from the process start to the end of its first step.
     """
-    run_dir = Path(cfg.run_dir)
+    run_dir = location(cfg.run_dir, "--run-dir")  # a folder, or a storage URI (s3://bucket/train/run1)
     ckpt = run_dir / "checkpoint.pt"
     if resume:
-        if not ckpt.exists():
+        if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; start without --resume")
         state = load_checkpoint(ckpt)
         cfg = resumed_config(cfg, state["config"])
@@ -377,9 +377,8 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
         trainer.load_state_dict(state)
         print(f"resumed {ckpt} at epoch {trainer.epoch}")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "metrics.jsonl").delete()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(
         f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device}: "
         f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / {len(trainer.splits.select)} select pairs "
@@ -404,8 +403,7 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
             if not noted:
                 metrics["first_step_s"] = first_step[0]
             trainer.save(ckpt, metrics=metrics)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            (run_dir / "metrics.jsonl").append_text(json.dumps(metrics) + "\n")
             print(format_epoch(trainer.epoch, cfg.train.epochs, metrics), flush=True)
     finally:
         trainer.close()

@@ -8,9 +8,9 @@ checked on the local disk too.
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 import ray
 
-from s3server import S3_ENV, S3Server, moto_s3, s3_environ
+from s3server import S3_ENV, S3Server, free_port, moto_s3, s3_environ
 
 from benchmarks.results_compaction import analyze_json, compact_all, synthetic_results
 from pipeline.results import compact_epochs, read_table, results_dir
@@ -143,8 +143,8 @@ def test_a_trial_resumed_after_compaction_adds_rows_beside_it(tmp_path: Path) ->
 _COMPACT_FOREVER = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from benchmarks.results_compaction import compact_all, synthetic_results
-from pipeline.results import results_dir, write_epoch_row, read_table
+from benchmarks.results_compaction import compact_all
+from pipeline.results import read_table, write_epoch_row
 from pipeline.storage import location
 exp = location(sys.argv[1])
 rows = read_table([exp], "epochs").to_dicts()
@@ -325,19 +325,15 @@ def test_kill_9_then_the_same_command_resumes_from_the_bucket_and_a_second_searc
     assert not (location(exp) / LEASE_FILE).exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_two_node_cluster_without_a_shared_disk_puts_every_checkpoint_in_the_bucket(
     s3: S3Server, cache: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats"]
-    env = {**s3_environ(), "PYTHONPATH": str(REPO)}  # each node's workers need the credentials, as in a real cluster
+    # Each node's workers need the credentials, as in a real cluster. The test cluster listens on this machine
+    # only and runs without Ray's token (a driver joining by explicit address sends none unless told to).
+    env = {**s3_environ(), "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common], check=True,
                    capture_output=True, env=env)
     try:
@@ -366,27 +362,48 @@ def test_a_node_that_cannot_read_the_dataset_is_named_before_any_trial(tmp_path:
     probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("needs unshare(1) with mount namespaces to give one node its own view of the disk")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # as in the two-node test above
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common], check=True,
-                   capture_output=True)
+                   capture_output=True, env=env)
     try:
         # The second node sees an empty folder where the dataset is: its own disk, as on another machine.
         subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                         f"mount -t tmpfs tmpfs {data} && ray start --address={address} {' '.join(common)} "
                         "--resources='{\"blind\": 1}'"],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
         ray.init(address=address, log_to_driver=False)
         deadline = time.time() + 60
         while len([n for n in ray.nodes() if n["Alive"]]) < 2:
             assert time.time() < deadline, "the second node never joined"
             time.sleep(0.5)
-        blind = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "blind" in n["Resources"])
+        blind = next(n for n in ray.nodes() if n["Alive"] and "blind" in n["Resources"])
         opts = SearchOptions(name="x", storage=str(tmp_path), modes=("bild",), trials=1, epochs=1, concurrency=1,
                              cpus_per_trial=1, gpus_per_trial=0, seed=None)
-        with pytest.raises(ConfigError, match=rf"dataset root .*: node 127\.0\.0\.1 \(node {blind[:8]}\) cannot read"):
+        named = rf"dataset root .*: node {re.escape(blind['NodeManagerAddress'])} \(node {blind['NodeID'][:8]}\) cannot read"
+        with pytest.raises(ConfigError, match=named):
             check_dataset_visible(load_dataset("generic", str(data)), opts)
     finally:
         ray.shutdown()
         subprocess.run(["ray", "stop", "--force"], capture_output=True)
+
+
+def test_train_writes_to_a_bucket_and_resumes_from_it(s3: S3Server, cache: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.train import main as train
+
+    monkeypatch.chdir(tmp_path)
+    run = s3.uri("train/run1")
+    base = ["--backbone", "aodnet", "--preset", "tiny", "--steps", "2", "--run-dir", run, "dataset.crop=32",
+            "progress=false"]
+    assert train([*base, "--epochs", "1"]) == 0
+    assert train([*base, "--epochs", "2", "--resume"]) == 0
+    assert sorted(s3.keys("train/run1/")) == ["train/run1/checkpoint.pt", "train/run1/config.yaml",
+                                              "train/run1/metrics.jsonl"]
+    lines = (location(run) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert load_checkpoint(str(location(run) / "checkpoint.pt"))["epoch"] == 2
+    assert _local_files(tmp_path, cache) == []

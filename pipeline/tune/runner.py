@@ -20,7 +20,6 @@ import errno
 import json
 import logging
 import os
-import pickle
 import signal
 import warnings
 from collections.abc import Callable
@@ -189,24 +188,29 @@ class _StudySearch(OptunaSearch):
         self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)  # the Optuna trial suggest just asked for
         return params
 
-    def save(self, checkpoint_path: str) -> None:
-        """Ray Tune's searcher state, without the Optuna storage: the journal's path is this machine's.
-
-        A resume (perhaps on another machine, with another cache) reattaches the study from the
-        experiment's own journal (:meth:`restore`); Optuna trials are kept as their ids.
-        """
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_storage", "_ot_study")}
-        state["_ot_trials"] = {tid: trial._trial_id for tid, trial in self._ot_trials.items()}
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(state, f)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # Tune's own pickle of the experiment (tuner.pkl)
+        self._attach_study()
 
     def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        if "_ot_study" in self.__dict__ and self._ot_study is not None:
-            return  # saved with the storage inside (before save() left it out): as it was
+        super().restore(checkpoint_path)  # Tune's searcher state: a pickle of __dict__
+        self._attach_study()
+
+    def _attach_study(self) -> None:
+        """Point the restored searcher at the study's journal on this machine.
+
+        Ray pickles the Optuna storage, and with it the journal's path; for an experiment on
+        object storage that path is in the cache of the machine that started it. A resume,
+        perhaps elsewhere, reopens the study from :func:`study_storage` (which takes the
+        uploaded copy first) and its trials by id.
+        """
+        if getattr(self, "experiment_dir", None) is None:  # pickled before searchers knew their experiment
+            return
         self._storage = study_storage(self.experiment_dir)
-        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
-        self._ot_trials = {tid: optuna.Trial(self._ot_study, number) for tid, number in self._ot_trials.items()}
+        self._ot_study = optuna.create_study(storage=self._storage, study_name=self._study_name, sampler=self._sampler,
+                                             direction="maximize" if self._mode == "max" else "minimize",
+                                             load_if_exists=True)
+        self._ot_trials = {tid: optuna.Trial(self._ot_study, trial._trial_id) for tid, trial in self._ot_trials.items()}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("settled"):  # a finished trial repeating its record on resume: the study has it
@@ -236,7 +240,7 @@ def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearc
         study_name=name,
         storage=storage,
     )
-    search.experiment_dir = str(opts.experiment_dir)  # where restore() finds the study again
+    search.experiment_dir = str(opts.experiment_dir)  # where _attach_study finds the study again
     return search
 
 
