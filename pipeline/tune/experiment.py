@@ -274,6 +274,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         ]
     lines += [f"results (Parquet): {summary['results']}",
               f"Optuna studies {', '.join(summary['optuna']['studies'])}: {summary['optuna']['dashboard_command']}",
-              f"next: python -m pipeline.analyze {summary['experiment_dir']}  |  "
-              f"python -m pipeline.promote {summary['experiment_dir']}"]
+              f"next: python -m pipeline.analyze {shlex.quote(summary['experiment_dir'])}  |  "
+              f"python -m pipeline.promote {shlex.quote(summary['experiment_dir'])}"]
     return "\n".join(lines)
