@@ -19,6 +19,10 @@ Levers (``--levers``, comma-separated; plain always runs):
   uniform      bild with alpha = 1000: uniform weights on BILD's own split (the data tax alone)
   mix-0.5+rotation   two levers together (any names joined by '+'); these two are today's defaults
 
+``--init MODEL`` fine-tunes a model (imported or promoted) instead of training from scratch:
+every run starts from its weights, and the model itself, untrained further, is scored on the
+same test images as the row ``init`` (its difference to plain is then init - plain).
+
 Output: ``OUT.parquet`` (one row per run and test image, the settings in its metadata) and
 ``OUT.md`` (the table); ``--summarize`` redraws ``OUT.md`` from ``OUT.parquet`` alone, and
 ``--merge A.parquet B.parquet --out OUT`` pools the seeds of runs with the same settings.
@@ -28,6 +32,7 @@ folder or a link to one) exists, else the built-in data.
     python benchmarks/bild_vs_plain.py --seeds 0,1,2,3,4 --steps 300 --out runs/bench/sots
     python benchmarks/bild_vs_plain.py --levers bild,mix-0.5 --wrong-targets 0.3 --out runs/bench/wrong
     python benchmarks/bild_vs_plain.py --dataset builtin --backbone aodnet --preset tiny --crop 32 --steps 4
+    python benchmarks/bild_vs_plain.py --init models/aodnet/dehazer --preset paper --levers bild,mix-0.5+rotation
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from pipeline.files import atomic_write, atomic_write_text  # noqa: E402
 from pipeline.trainer import Trainer, load_index  # noqa: E402
 
 BASELINE = "plain"
+INIT = "init"  # with --init: the starting model scored as it is, no step trained
 META_KEY = "bild_vs_plain"  # the Parquet file's key-value metadata entry holding the run's settings
 DEFAULT_LEVERS = "bild,mix-0.5,ess-0.7,rotation,mix-0.5+rotation,m-10,warmup,bild-train,uniform"
 
@@ -69,6 +75,7 @@ def lever_overrides(name: str, steps: int) -> list[str]:
     """The Hydra overrides one lever (or several joined by '+') adds to the common ones."""
     single = {
         "plain": ["mode=plain"],
+        INIT: ["mode=plain"],
         "bild": ["mode=bild"],
         "mix-0.5": ["bild.mix=0.5"],
         "ess-0.7": ["bild.ess_floor=0.7"],
@@ -82,10 +89,11 @@ def lever_overrides(name: str, steps: int) -> list[str]:
     unknown = [p for p in parts if p not in single]
     if unknown:
         raise ValueError(f"unknown lever {'+'.join(unknown)!r}; expected one of {', '.join(single)} (or several joined by +)")
-    mode = [] if name == BASELINE or "bild-train" in parts else ["mode=bild"]
+    unweighted = name in (BASELINE, INIT)
+    mode = [] if unweighted or "bild-train" in parts else ["mode=bild"]
     # Every lever starts from the paper's step (no mixture, a fixed D_v) and changes only what it
     # names, so "bild" is the paper's BILD whatever today's defaults (mix-0.5+rotation) are.
-    paper_step = [] if name == BASELINE else paper_step_overrides()
+    paper_step = [] if unweighted else paper_step_overrides()
     return [*mode, *paper_step, *(o for p in parts for o in single[p])]
 
 
@@ -123,8 +131,8 @@ def run_one(job: dict[str, Any]) -> list[dict[str, Any]]:
     trainer = Trainer(cfg, index)
     stats: list[dict[str, float]] = []
     start = time.perf_counter()
-    while (trainer.epoch < cfg.train.epochs if job["seconds"] is None
-           else time.perf_counter() - start < job["seconds"]):
+    while job["lever"] != INIT and (trainer.epoch < cfg.train.epochs if job["seconds"] is None
+                                    else time.perf_counter() - start < job["seconds"]):
         stats.append(trainer.train_epoch())
     train_s = time.perf_counter() - start
     trainer.backbone.eval()
@@ -246,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--steps", type=int, default=300, help="training steps per run (equal for every lever)")
     p.add_argument("--epochs", type=int, default=10, help="the steps in this many epochs (rotation moves per epoch)")
+    p.add_argument("--init", type=lambda path: str(Path(path).resolve()), metavar="MODEL",
+                   help="fine-tune this model (a model folder or file of --backbone at --preset); adds the row init")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; every lever runs each")
     p.add_argument("--levers", default=DEFAULT_LEVERS, help=f"comma-separated (default: {DEFAULT_LEVERS})")
     p.add_argument("--plain-budget", choices=("steps", "time"), default="steps",
@@ -271,7 +281,8 @@ def _common(a: argparse.Namespace) -> list[str]:
     return [f"datasets={dataset}", *root, f"backbone={a.backbone}", f"backbone.preset={a.preset}",
             f"dataset.crop={a.crop}", f"train.epochs={a.epochs}", f"train.steps_per_epoch={a.steps // a.epochs}",
             f"dataset.select_fraction={a.select_fraction}", f"dataset.test_fraction={a.test_fraction}",
-            f"dataset.eval_max_side={a.eval_side or 'null'}", "progress=false", "device=cpu", *a.overrides]
+            f"dataset.eval_max_side={a.eval_side or 'null'}", "progress=false", "device=cpu",
+            *([f"train.init={a.init}"] if a.init else []), *a.overrides]
 
 
 def _split_note(common: list[str]) -> str:
@@ -301,11 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     common, seeds = _common(a), [int(s) for s in a.seeds.split(",")]
     job = lambda lever, seed, seconds=None: dict(  # noqa: E731
         lever=lever, seed=seed, common=common, steps=a.steps, wrong_fraction=a.wrong_targets, threads=1, seconds=seconds)
-    meta = _meta(a, common, argv)
+    try:
+        meta = _meta(a, common, argv)  # builds a Trainer: a --init model of another backbone or preset stops here
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     rows: list[dict[str, Any]] = []
     # Seed by seed, plain first, and the files rewritten after every run: an interrupted
     # benchmark keeps every seed it finished.
-    first = [] if a.plain_budget == "time" else [BASELINE]
+    first = ([INIT] if a.init else []) + ([] if a.plain_budget == "time" else [BASELINE])
     for done in run_all([job(lv, s) for s in seeds for lv in [*first, *levers]], a.workers):
         rows += done
         _write(rows, Path(a.out), meta)
@@ -319,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(rows: list[dict[str, Any]] | pl.DataFrame, out: Path, meta: dict[str, str]) -> None:
-    images = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
+    # Every row read for the schema: plain and init rows have no weights (None) before BILD's have them.
+    images = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows, infer_schema_length=None)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The settings travel inside the Parquet file, so --summarize can redraw the table from it alone.
     table = images.to_arrow().replace_schema_metadata({META_KEY: json.dumps(meta)})
@@ -374,7 +389,7 @@ def merge(sources: list[Path], out: Path, command: str) -> None:
 def _meta(a: argparse.Namespace, common: list[str], argv: list[str] | None) -> dict[str, str]:
     return {
         "title": f"BILD vs plain: {a.backbone} {a.preset}, {a.steps} steps ({a.plain_budget} budget for plain), "
-                 f"crop {a.crop}, seeds {a.seeds}",
+                 f"crop {a.crop}" + (f", fine-tuning {a.init}" if a.init else "") + f", seeds {a.seeds}",
         "data": f"{common[0].split('=')[1]}; {_split_note(common)}",
         "wrong targets": f"{a.wrong_targets:.0%} of the train pool" if a.wrong_targets else "none",
         "scoring": f"test images centre-cropped to {a.eval_side} px" if a.eval_side else "whole test images",

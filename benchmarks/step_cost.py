@@ -13,7 +13,9 @@ parameter copy, statistics); a network whose cost does not scale linearly with t
 can have a floor above the 1.8 target.
 
     python benchmarks/step_cost.py --backbone ffanet --preset small --crop 64 --n 10 --m 4
-    python benchmarks/step_cost.py --backbone msbdn --preset paper --crop 240 --device cuda --json
+    python benchmarks/step_cost.py --backbone msbdn --preset paper --crop 240 --device cuda --precision fp32 --json
+
+On CUDA each row also gives the GPU memory a step takes beyond the weights (``*_step_mb``).
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ from pipeline.backbones import create_backbone
 from pipeline.bild import BildConfig, BildNets, CropBatch, bild_step, build_reweighter, per_crop_l1
 from pipeline.config import compose_config
 from pipeline.evaluation.inference import resolve_device
-from pipeline.trainer import bild_config
+from pipeline.hardware import PRECISIONS, grad_scaler
+from pipeline.trainer import bild_config, for_device
 
 
-def _nets(backbone: str, preset: str, device: torch.device, cfg: DictConfig | None, channels_last: bool) -> BildNets:
+def _nets(backbone: str, preset: str, device: torch.device, cfg: DictConfig | None, channels_last: bool,
+          precision: str = "fp32") -> BildNets:
     """The backbone, and with a composed config the reweighter its ``bild`` block describes (None: plain)."""
     torch.manual_seed(0)
     model = create_backbone(backbone, preset).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    nets = BildNets(model, torch.optim.Adam(model.parameters(), 1e-4))
+    nets = BildNets(model, torch.optim.Adam(model.parameters(), 1e-4), scaler=grad_scaler(precision, device))
     if cfg is not None:
         nets.reweighter = build_reweighter(cfg.bild).to(device)
         nets.outer_opt = torch.optim.Adam(nets.reweighter.parameters(), 1e-1)
@@ -70,14 +74,20 @@ def _design_floor_step(batch: CropBatch, nets: BildNets, plain_cfg: BildConfig) 
     return {}
 
 
-def _timed(step: Callable[[], dict[str, float]], device: torch.device) -> tuple[float, dict[str, float]]:
+def _timed(step: Callable[[], dict[str, float]], device: torch.device) -> tuple[float, float, dict[str, float]]:
+    """(ms, MB of GPU memory the step took on top of what was allocated before it (0 on the CPU), stage times)."""
+    before = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
     stages = step()
+    peak = 0.0
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start), stages
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return 1000 * (time.perf_counter() - start), peak, stages
 
 
 def measure(
@@ -99,21 +109,25 @@ def measure(
     """
     batch = _batch(n, m, crop, device, channels_last)
     trained = dataclasses.replace(bild_config(cfg), mode="bild", sync_timing=device.type == "cuda")
+    precision = trained.precision
     plain_cfg = dataclasses.replace(trained, mode="plain")
-    plain_nets = _nets(backbone, preset, device, None, channels_last)
-    floor_nets = _nets(backbone, preset, device, None, channels_last)
+    plain_nets = _nets(backbone, preset, device, None, channels_last, precision)
+    floor_nets = _nets(backbone, preset, device, None, channels_last, precision)
     variants: dict[str, Callable[[], dict[str, float]]] = {
         "plain": lambda: bild_step(batch, plain_nets, plain_cfg).times,
         "floor": lambda: _design_floor_step(batch, floor_nets, plain_cfg),
     }
     for est in estimators:
-        nets, est_cfg = _nets(backbone, preset, device, cfg, channels_last), dataclasses.replace(trained, estimator=est)
+        nets = _nets(backbone, preset, device, cfg, channels_last, precision)
+        est_cfg = dataclasses.replace(trained, estimator=est)
         variants[est] = lambda nets=nets, est_cfg=est_cfg: bild_step(batch, nets, est_cfg).times
     times: dict[str, list[float]] = {k: [] for k in variants}
     reward_ms: dict[str, list[float]] = {k: [] for k in variants}
+    peak_mb = dict.fromkeys(variants, 0.0)
     for r in range(warmup + repeats):
         for key, step in variants.items():
-            total, stages = _timed(step, device)
+            total, peak, stages = _timed(step, device)
+            peak_mb[key] = max(peak_mb[key], peak)
             if r >= warmup:
                 times[key].append(total)
                 reward_ms[key].append(1000 * stages.get("reward", 0.0))
@@ -127,6 +141,7 @@ def measure(
             "device": str(device),
             "threads": torch.get_num_threads(),
             "channels_last": channels_last,
+            "precision": precision,
             "estimator": est,
             "n": n,
             "m": m,
@@ -137,6 +152,8 @@ def measure(
             "floor_ratio": round(floor / plain, 3),
             "reward_ms": round(statistics.median(reward_ms[est]), 2),
             "reward_ratio": round(statistics.median(reward_ms[est]) / plain, 3),
+            "plain_step_mb": round(peak_mb["plain"], 1),  # GPU memory a step takes beyond the weights (0 on CPU)
+            "bild_step_mb": round(peak_mb[est], 1),
         }
         for est in estimators
     ]
@@ -159,14 +176,17 @@ def main() -> None:
         "--channels-last", action=argparse.BooleanOptionalAction, default=None,
         help="backbone and crops in NHWC layout (default: the backbone's train.channels_last, as training does)",
     )
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast of the backbone, as train.precision (auto: bf16 on a CUDA card that has it, else fp32)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
-    cfg = compose_config([f"backbone={a.backbone}"])  # what training uses: the policy, the layout
+    # What training uses on this device: the policy, the precision, the layout.
+    cfg = for_device(compose_config([f"backbone={a.backbone}", f"train.precision={a.precision}"]), device)
     if a.channels_last is None:
-        a.channels_last = bool(cfg.train.channels_last)
+        a.channels_last = cfg.train.channels_last
     estimators = a.estimators.split(",")
     rows = measure(
         a.backbone, a.preset, a.crop, a.n, a.m, device, estimators, a.repeats, a.warmup, cfg, a.channels_last

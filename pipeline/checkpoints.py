@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from .config import flatten, saved_config
 from .storage import Location, fetch, location
 
-__all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "field", "load_checkpoint", "one_line",
-           "resumed_config", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "field", "load_checkpoint", "one_line", "optional_field",
+           "resumed_config", "safe_load", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "bild-checkpoint/1"
 
@@ -48,6 +48,16 @@ def field(tree: Any, dotted: str, kind: type, file: Path) -> Any:
     if not isinstance(value, kind):
         raise CheckpointError(f"{file} is malformed: {dotted} is missing or not a {kind.__name__}")
     return value
+
+
+def optional_field(tree: dict[str, Any], dotted: str, kind: type, file: Path) -> Any:
+    """Like :func:`field`, for a key that may be absent (None then); present, it must be a ``kind``."""
+    value: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or value.get(part) is None:
+            return None
+        value = value[part]
+    return field(tree, dotted, kind, file)
 
 
 # What every reader of a checkpoint (resume, promote, analyze, the search's trials) takes from it.
@@ -82,20 +92,32 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint {where} does not exist")
     path = fetch(where)
     expected = f"expected one of the formats {', '.join(formats)}"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
-        raise CheckpointError(f"{where} refused: unpickling it would need more than tensors and plain data "
-                              f"({one_line(err)}); {advice}") from err
-    except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise CheckpointError(f"{where} could not be read ({type(err).__name__}: {one_line(err)}); {expected}") from err
+    state = safe_load(path, advice=advice, expected=expected, trust=trust)
     if not isinstance(state, dict) or state.get("format") not in formats:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{where} holds {found!r}, not a model or checkpoint; {expected}")
+        found = repr(state.get("format") if isinstance(state, dict) else type(state).__name__)
+        if isinstance(state, dict) and "format" not in state:
+            found = "a dict without a format (an original repository's checkpoint?)"
+            expected += "; import an original checkpoint with 'python -m pipeline.models import --backbone NAME FILE'"
+        raise CheckpointError(f"{where} holds {found}, not a model or checkpoint of this project; {expected}")
     if state["format"] == CHECKPOINT_FORMAT:
         for dotted, kind in _CHECKPOINT_FIELDS.items():
             field(state, dotted, kind, where)
     return state
+
+
+def safe_load(path: Path, *, advice: str, expected: str, trust: bool = False) -> Any:
+    """``torch.load`` of ``path`` onto the CPU, unpickling tensors and plain containers only (unless ``trust``).
+
+    A file that needs more is refused with :class:`CheckpointError` naming it, followed by
+    ``advice``; a truncated or foreign file gets one line ending in ``expected``.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
+        raise CheckpointError(f"{path} refused: unpickling it would need more than tensors and plain data "
+                              f"({one_line(err)}); {advice}") from err
+    except Exception as err:  # torch raises several types for a truncated or foreign file
+        raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {one_line(err)}); {expected}") from err
 
 
 # What a resumed run may take from the new command (how long, and where things are);

@@ -22,6 +22,7 @@ from .config import group_options
 __all__ = [
     "INTERRUPTED",
     "add_inference_flags",
+    "add_init_flag",
     "add_policy_flag",
     "add_threads_flag",
     "flag_overrides",
@@ -82,8 +83,9 @@ def add_threads_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--strategy``, ``--tile``, ``--device`` and ``--threads``: every CLI that runs a model on images."""
+    """``--model``, ``--strategy``, ``--tile``, ``--device``, ``--precision`` and ``--threads``: every CLI that runs a model on images."""
     from .evaluation.inference import STRATEGIES  # torch: only for the commands that run a model
+    from .hardware import PRECISIONS
 
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="models/<backbone>[/v<N>], a model folder or file, or a training checkpoint.pt")
@@ -91,7 +93,17 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=positive_int, default=512,
                         help="tile size, or the long side for resize (default 512; at least 2x the tile overlap)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="autocast of the model: auto (bf16 on a CUDA device that supports it, else fp32) | "
+                             "fp32 | bf16 | fp16")
     add_threads_flag(parser)
+
+
+def add_init_flag(parser: argparse.ArgumentParser) -> None:
+    """``--init MODEL``: training starts from a model's weights; map it with ``"init": "train.init"``."""
+    parser.add_argument("--init", metavar="MODEL",
+                        help="start from this model's weights: a model folder (imported or promoted), model file or "
+                             "checkpoint.pt of the same backbone and preset")
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -95,7 +95,8 @@ RENAMED_KEYS = {"bild.entropy_coef": "bild.alpha"}
 # The paper's BILD step, whatever today's defaults are: the policy's weights unmixed, a fixed D_v.
 PAPER_STEP = {"bild.mix": 1.0, "train.val_rotation": False}
 # Training options added since runs were first saved -> the value that trains as those runs did.
-ADDED_KEYS = {**PAPER_STEP, "bild.ess_floor": 0.0, "train.bild_warmup_steps": 0}
+ADDED_KEYS = {**PAPER_STEP, "bild.ess_floor": 0.0, "train.bild_warmup_steps": 0, "train.precision": "fp32",
+              "train.compile": False, "train.init": None, "train.init_sha256": None}
 
 
 def paper_step_overrides() -> list[str]:
@@ -111,8 +112,8 @@ def saved_config(saved: Any) -> DictConfig:
     ``reweighter_norm``, ``pair_consistency``) trained the paper's policy, the only one there
     was: the keys they lack come from ``policy/paper.yaml``, not from today's default, so they
     rebuild the networks their weights belong to. Training options added since (``ADDED_KEYS``:
-    the guard rail, the ESS floor, the rotating validation fold, the warm-up) take the value
-    that trains as those runs did.
+    the guard rail, the ESS floor, the rotating validation fold, the warm-up, the precision) take
+    the value that trains as those runs did; ``train.amp`` is read as ``train.precision``.
     """
     cfg = OmegaConf.create(saved)
     for old, new in RENAMED_KEYS.items():
@@ -124,6 +125,9 @@ def saved_config(saved: Any) -> DictConfig:
     for key, value in OmegaConf.load(CONF_DIR / "policy" / "paper.yaml").items():
         if key not in cfg.bild:
             cfg.bild[key] = value
+    if "train" in cfg and "amp" in cfg.train:  # train.amp (bf16 autocast or none) became train.precision
+        cfg.train.setdefault("precision", "bf16" if cfg.train.amp else "fp32")
+        del cfg.train["amp"]
     for key, value in ADDED_KEYS.items():
         block, _, leaf = key.partition(".")
         if block in cfg and leaf not in cfg[block]:

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         set_threads(args.threads)
         result = dehaze_paths(args.inputs, args.model, args.out, strategy=args.strategy, tile=args.tile,
-                              device=args.device)
+                              device=args.device, precision=args.precision)
         for path, reason in result["failed"]:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         print(f"dehazed {len(result['done'])} image(s) into {args.out}; skipped {len(result['failed'])}")

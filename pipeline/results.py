@@ -106,8 +106,10 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("hazy_psnr", pa.float64()),
         *[pa.field(name, pa.float64()) for name in STEP_METRICS],
         pa.field("epoch_seconds", pa.float64()),
+        pa.field("gpu_peak_mb", pa.float64()),  # the trial's peak GPU memory in the epoch (null on the CPU)
         pa.field("wall_time_s", pa.float64()),
         pa.field("device", pa.string()),
+        pa.field("precision", pa.string()),  # train.precision as the trial resolved it: fp32, bf16 or fp16
         pa.field("node", pa.string()),
         pa.field("store_shared", pa.bool_()),
         pa.field("status", pa.string()),

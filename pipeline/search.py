@@ -5,6 +5,7 @@
     python -m pipeline.search --backbone msbdn --name msbdn-a --resume   # continue after Ctrl-C / a crash
     python -m pipeline.search --backbone msbdn --address HEAD_IP:6379 --storage /shared/runs
     python -m pipeline.search --backbone msbdn --address HEAD_IP:6379 --storage s3://bucket/runs   # no shared disk
+    python -m pipeline.search --backbone aodnet --preset paper --init models/aodnet/dehazer   # every trial starts from it
 
 Every flag is checked before any Ray work starts. Trailing ``key=value`` arguments are Hydra
 overrides of the training config (e.g. ``train.steps_per_epoch=20 dataset.crop=96``);
@@ -19,7 +20,7 @@ import sys
 from typing import Any
 
 from .backbones import list_backbones
-from .cli import add_policy_flag, flag_overrides, run_command
+from .cli import add_init_flag, add_policy_flag, flag_overrides, positive_int, run_command
 from .tune.experiment import MODES, SearchRequest, format_summary, run_experiment
 from .tune.runner import Trainable
 from .tune.trainable import train_trial
@@ -34,6 +35,7 @@ CONFIG_FLAGS = {
     "epochs": "train.epochs",
     "policy": "policy=",
     "seed": "seed",
+    "init": "train.init",
 }
 SPACE_OVERRIDES = ("search_space=", "search_spaces=")
 
@@ -52,11 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default=None, choices=MODES,
                    help="bild (default); plain (the baseline); both: the same trial budget on each, for comparison")
     add_policy_flag(p)
+    add_init_flag(p)
     p.add_argument("--trials", type=int, default=None, help="trials per mode (default: the search space's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial, ASHA's max_t (default: config's train.epochs)")
-    p.add_argument("--concurrency", type=int, default=2, help="trials running at once")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="trials running at once (default: every GPU share of the cluster, else 2)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial (torch threads follow)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions share one GPU, e.g. 0.25")
+    p.add_argument("--gpus-per-trial", type=_gpus, default="auto",
+                   help="GPUs per trial: auto (default: 1/--trials-per-gpu when the cluster has GPUs, else 0), "
+                        "0 (CPU only), a fraction in (0, 1] or a whole number")
+    p.add_argument("--trials-per-gpu", type=positive_int, default=None, metavar="K",
+                   help="with --gpus-per-trial auto: K trials share each GPU (a 1/K share each; default 1)")
     p.add_argument("--search-space", default=None, help="name in search_spaces/ or a YAML path (default: the backbone's own, else default)")
     p.add_argument("--name", default=None, help="experiment name; the same name again resumes it (default: backbone-mode-time)")
     p.add_argument("--storage", default="runs",
@@ -71,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _gpus(text: str) -> str | float:
+    """argparse type of --gpus-per-trial: ``auto`` or a number (its range is checked with the other flags)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto or a number of GPUs") from None
+
+
 def _request(args: argparse.Namespace) -> SearchRequest:
     space = args.search_space
     overrides = []
@@ -81,7 +99,8 @@ def _request(args: argparse.Namespace) -> SearchRequest:
             overrides.append(item)
     return SearchRequest(
         backbone=args.backbone, mode=args.mode, trials=args.trials, concurrency=args.concurrency,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, search_space=space,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        trials_per_gpu=args.trials_per_gpu, search_space=space,
         name=args.name, storage=args.storage, address=args.address, resume=args.resume, seed=args.seed,
         dashboard_host=args.dashboard_host, max_failures=args.max_failures,
         overrides=flag_overrides(vars(args), CONFIG_FLAGS) + overrides,

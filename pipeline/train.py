@@ -3,6 +3,7 @@
     python -m pipeline.train --backbone aodnet --preset small --epochs 5
     python -m pipeline.train --backbone ffanet --mode plain train.inner_lr=1e-3
     python -m pipeline.train --backbone ffanet --resume        # continue the same run exactly
+    python -m pipeline.train --backbone aodnet --preset paper --init models/aodnet/dehazer   # fine-tune a model
 
 The engine is ``pipeline.trainer``; this module is its command line.
 """
@@ -13,7 +14,7 @@ import argparse
 import sys
 
 from .bild import NonFiniteLossError
-from .cli import add_policy_flag, add_threads_flag, flag_overrides, run_command
+from .cli import add_init_flag, add_policy_flag, add_threads_flag, flag_overrides, run_command
 from .config import compose_config
 from .trainer import train
 
@@ -40,6 +41,7 @@ TRAIN_FLAGS = {
     "batch_size": "train.batch_size",
     "val_batch_size": "train.val_batch_size",
     "threads": "threads",
+    "init": "train.init",
 }
 
 
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="n, training crops per step")
     p.add_argument("--val-batch-size", type=int, help="m, validation crops per step")
     add_threads_flag(p)
+    add_init_flag(p)
     p.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint.pt")
     p.add_argument("overrides", nargs="*", help="Hydra key=value overrides, e.g. train.steps_per_epoch=20")
     return p

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from .backbones import backbone_kwargs, build_from_kwargs
@@ -43,10 +43,12 @@ from .data import (
 from .data.loader import StepCrops
 from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .evaluation.references import hazy_reference
+from .hardware import allow_tf32, cudnn_autotune, grad_scaler, resolve_precision
+from .models.store import init_weights
 from .storage import location
 
 __all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "bild_config", "check_training_config",
-           "check_value", "format_epoch", "load_index", "train"]
+           "check_value", "for_device", "format_epoch", "load_index", "train"]
 
 StepCallback = Callable[[CropBatch, StepStats], None]
 STEP_STATS = ("loss", "crop_loss", "val_loss", "reward_mean", "reward_std", "align_mean", "weight_entropy", "ess", "max_weight")
@@ -101,7 +103,7 @@ def load_index(cfg: DictConfig) -> PairIndex:
 
 
 def bild_config(cfg: DictConfig) -> BildConfig:
-    """The engine's BildConfig from a composed config (mode, the `bild` block, `train.amp`)."""
+    """The engine's BildConfig from a composed config (mode, the `bild` block, `train.precision` for its device)."""
     b = cfg.bild
     return BildConfig(
         mode=cfg.mode,
@@ -113,8 +115,26 @@ def bild_config(cfg: DictConfig) -> BildConfig:
         regulariser=b.regulariser,
         mix=b.mix,
         ess_floor=b.ess_floor,
-        amp=cfg.train.amp,
+        precision=resolve_precision(cfg.train.precision, resolve_device(cfg.device)),
     )
+
+
+def for_device(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """``cfg`` with its device-dependent ``auto`` settings resolved for ``device``.
+
+    ``train.precision=auto`` becomes bf16 on a CUDA device that supports it, fp32 elsewhere;
+    ``train.channels_last=auto`` becomes the backbone's measured layout for the device type
+    (``backbone.channels_last``). The resolved values are what the run records and resumes with.
+    """
+    cfg = cfg.copy()
+    tr = cfg.train
+    with open_dict(cfg):
+        tr.precision = resolve_precision(tr.precision, device)
+        if tr.channels_last == "auto":
+            tr.channels_last = bool(cfg.backbone.channels_last[device.type])
+    if not isinstance(tr.channels_last, bool):
+        raise ConfigError(f"train.channels_last={tr.channels_last!r}: expected auto, true or false")
+    return cfg
 
 
 class Trainer:
@@ -132,8 +152,11 @@ class Trainer:
         ``pipeline.bild.step.AlignmentFn``).
         """
         check_training_config(cfg)
-        self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.cfg = cfg = for_device(cfg, self.device)
+        if self.device.type == "cuda":
+            allow_tf32()
+            torch.backends.cudnn.benchmark = True  # training crops have one shape; evaluate() turns it off
         self.bild_cfg = bild_config(cfg)  # validates mode, estimator, ... before any work
         self.index = index if index is not None else load_index(cfg)
         ds, tr = cfg.dataset, cfg.train
@@ -152,11 +175,21 @@ class Trainer:
             self.train_idx = list(train_pairs)
         torch.manual_seed(cfg.seed)
         self.backbone_kwargs = backbone_kwargs(cfg.backbone.name, cfg.backbone.preset)
-        self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs).to(self.device)
+        init = None
+        if tr.init is not None:  # start from a model's weights; its kwargs (an import's, say) rebuild it exactly
+            tr.init = str(location(tr.init, "train.init"))  # absolute (or a URI) where the run starts: trials run elsewhere
+            self.backbone_kwargs, init, tr.init_sha256 = init_weights(tr.init, cfg.backbone.name,
+                                                                      cfg.backbone.preset, tr.init_sha256)
+        self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs)
+        if init is not None:
+            self.backbone.load_state_dict(init)
+        self.backbone = self.backbone.to(self.device)
         if tr.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        if tr.compile:
+            self.backbone.compile()  # in place: parameter names, and so checkpoints, stay as they are
         inner_opt = torch.optim.Adam(self.backbone.parameters(), lr=tr.inner_lr, betas=(0.9, 0.999))
-        self.nets = BildNets(self.backbone, inner_opt)
+        self.nets = BildNets(self.backbone, inner_opt, scaler=grad_scaler(tr.precision, self.device))
         if cfg.mode != "plain":
             reweighter = build_reweighter(cfg.bild).to(self.device)
             self.nets.reweighter = reweighter
@@ -245,6 +278,8 @@ class Trainer:
         # only read and cut.
         plan = [self._draw_step() for _ in range(steps)]
         crops = self._crop_loader().crops(plan)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}", leave=False, disable=not progress)
         for k in bar:
             waited = time.perf_counter()
@@ -271,6 +306,9 @@ class Trainer:
         metrics = {key: sums[key] / counts[key] if counts[key] else math.nan for key in STEP_STATS}
         metrics.update({key: value / steps for key, value in sums.items() if key.startswith("ms_")})
         metrics["epoch_seconds"] = time.perf_counter() - start
+        # This process's peak GPU memory in the epoch: what one trial needs of a shared card.
+        metrics["gpu_peak_mb"] = (torch.cuda.max_memory_allocated(self.device) / 2**20
+                                  if self.device.type == "cuda" else math.nan)
         return metrics
 
     def evaluate(self, split: str = "select") -> dict[str, float]:
@@ -282,7 +320,9 @@ class Trainer:
         indices = {"select": self.select_scored, "test": self.splits.test}[split]
         self.backbone.eval()
         start = time.perf_counter()
-        scores = score_pairs(self.backbone, self.index, indices, self.device, max_side=self.cfg.dataset.eval_max_side)
+        with cudnn_autotune(False):  # whole images: as many shapes as sizes
+            scores = score_pairs(self.backbone, self.index, indices, self.device,
+                                 max_side=self.cfg.dataset.eval_max_side, precision=self.cfg.train.precision)
         return {f"{split}_psnr": float(np.mean(scores["psnr"])), f"{split}_ssim": float(np.mean(scores["ssim"])),
                 "eval_seconds": time.perf_counter() - start}
 
@@ -312,6 +352,7 @@ class Trainer:
             "optimizers": {
                 "inner": nets.inner_opt.state_dict(),
                 "outer": nets.outer_opt.state_dict() if nets.outer_opt else None,
+                "scaler": nets.scaler.state_dict() if nets.scaler else None,
             },
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
             "data": {"name": self.index.name, "layout": self.index.layout, "fingerprint": self.index.fingerprint,
@@ -325,6 +366,8 @@ class Trainer:
         if nets.reweighter is not None:
             nets.reweighter.load_state_dict(state["models"]["reweighter"])
             nets.outer_opt.load_state_dict(state["optimizers"]["outer"])
+        if nets.scaler is not None and state["optimizers"].get("scaler"):
+            nets.scaler.load_state_dict(state["optimizers"]["scaler"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         self.epoch, self.step = state["epoch"], state["step"]
@@ -378,9 +421,10 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
         print(f"resumed {ckpt} at epoch {trainer.epoch}")
     else:
         (run_dir / "metrics.jsonl").delete()
+    cfg = trainer.cfg  # with the device's choices made (precision, layout): what the run records
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(
-        f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device}: "
+        f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device} ({cfg.train.precision}): "
         f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / {len(trainer.splits.select)} select pairs "
         f"({len(trainer.select_scored)} scored each epoch)", flush=True
     )

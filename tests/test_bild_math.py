@@ -304,13 +304,13 @@ def test_bf16_autocast_in_channels_last_keeps_the_alignments(name: str) -> None:
     crops = lambda k: torch.rand(k, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)  # noqa: E731
     batch = CropBatch(crops(8), crops(8), crops(4), crops(4))
     align = {}
-    for amp in (False, True):
+    for precision in ("fp32", "bf16"):
         nets = BildNets(copy.deepcopy(backbone), None, copy.deepcopy(reweighter), None)
         nets.inner_opt = torch.optim.Adam(nets.backbone.parameters(), 1e-3)
         nets.outer_opt = torch.optim.Adam(nets.reweighter.parameters(), 1e-2)
-        align[amp] = bild_step(batch, nets, _cfg(amp=amp)).crop_align.numpy()
-    assert np.isfinite(align[True]).all()
-    assert np.corrcoef(align[False], align[True])[0, 1] > 0.999
+        align[precision] = bild_step(batch, nets, _cfg(precision=precision)).crop_align.numpy()
+    assert np.isfinite(align["bf16"]).all()
+    assert np.corrcoef(align["fp32"], align["bf16"])[0, 1] > 0.999
 
 
 # --- the guard rail: w = (1 - lambda) + lambda * w^pi ---------------------------------------------

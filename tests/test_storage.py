@@ -356,7 +356,7 @@ def test_a_two_node_cluster_without_a_shared_disk_puts_every_checkpoint_in_the_b
 def test_a_node_that_cannot_read_the_dataset_is_named_before_any_trial(tmp_path: Path) -> None:
     from pipeline.config import ConfigError
     from pipeline.data import load_dataset
-    from pipeline.tune.runner import SearchOptions, check_dataset_visible
+    from pipeline.tune.runner import check_dataset_visible
 
     data = _generic_folder(tmp_path / "data", pairs=2)
     probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
@@ -380,11 +380,9 @@ def test_a_node_that_cannot_read_the_dataset_is_named_before_any_trial(tmp_path:
             assert time.time() < deadline, "the second node never joined"
             time.sleep(0.5)
         blind = next(n for n in ray.nodes() if n["Alive"] and "blind" in n["Resources"])
-        opts = SearchOptions(name="x", storage=str(tmp_path), modes=("bild",), trials=1, epochs=1, concurrency=1,
-                             cpus_per_trial=1, gpus_per_trial=0, seed=None)
         named = rf"dataset root .*: node {re.escape(blind['NodeManagerAddress'])} \(node {blind['NodeID'][:8]}\) cannot read"
         with pytest.raises(ConfigError, match=named):
-            check_dataset_visible(load_dataset("generic", str(data)), opts)
+            check_dataset_visible(load_dataset("generic", str(data)), cpus_per_trial=1, gpus_per_trial=0)
     finally:
         ray.shutdown()
         subprocess.run(["ray", "stop", "--force"], capture_output=True)

@@ -136,7 +136,7 @@ def test_warmup_steps_are_plain_and_leave_the_reweighter_untouched() -> None:
 
 def test_bf16_autocast_and_channels_last_options_train(tmp_path: Path) -> None:
     # The GPU speed options must run end to end with finite losses on any device (CPU autocast is bf16 too).
-    cfg = compose_config(["backbone=ffanet", "backbone.preset=tiny", "train.amp=true", "train.channels_last=true",
+    cfg = compose_config(["backbone=ffanet", "backbone.preset=tiny", "train.precision=bf16", "train.channels_last=true",
                           "train.epochs=1", "train.steps_per_epoch=3", f"run_dir={tmp_path}", *SMALL])
     metrics = train(cfg)
     assert metrics["loss"] == metrics["loss"] and metrics["select_psnr"] > 0  # finite, not NaN

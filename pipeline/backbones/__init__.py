@@ -20,8 +20,10 @@ from ._registry import (
     create_backbone,
     list_backbones,
     list_presets,
+    original_format,
     register_backbone,
 )
+from ._original import OriginalFormat, original_names, to_original
 
 # Imported for their side effect: each module registers its network.
 from . import aodnet, dehazenet, ffanet, griddehazenet, msbdn  # noqa: E402,F401  isort: skip
@@ -41,6 +43,10 @@ __all__ = [
     "list_presets",
     "backbone_info",
     "count_params",
+    "original_format",
+    "OriginalFormat",
+    "original_names",
+    "to_original",
     "AODNet",
     "DehazeNet",
     "FFANet",

@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import torch.nn as nn
 
+from ._original import OriginalFormat
+
 __all__ = [
     "UnknownBackboneError",
     "register_backbone",
@@ -32,6 +34,7 @@ __all__ = [
     "list_presets",
     "backbone_info",
     "count_params",
+    "original_format",
 ]
 
 ModelT = TypeVar("ModelT", bound=type[nn.Module])
@@ -49,6 +52,7 @@ class _Entry:
     default_crop: int
     source: str
     paper: str
+    original: OriginalFormat | None
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -74,8 +78,10 @@ def register_backbone(
     default_crop: int,
     source: str,
     paper: str,
+    original: OriginalFormat | None = None,
 ) -> Callable[[ModelT], ModelT]:
-    """Class decorator that records a network under `name` with its presets and metadata."""
+    """Class decorator that records a network under `name` with its presets and metadata;
+    `original` is how the original repository names its weights (see `_original`)."""
 
     def decorator(cls: ModelT) -> ModelT:
         if name in _REGISTRY:
@@ -93,6 +99,7 @@ def register_backbone(
             default_crop=int(default_crop),
             source=source,
             paper=paper,
+            original=original,
         )
         return cls
 
@@ -137,6 +144,14 @@ def backbone_info(name: str) -> dict[str, Any]:
         "source": entry.source,
         "paper": entry.paper,
     }
+
+
+def original_format(name: str) -> OriginalFormat:
+    """How the original repository of backbone `name` names its weights."""
+    entry = _entry(name)
+    if entry.original is None:
+        raise UnknownBackboneError(f"backbone {name!r} has no original checkpoint format to import")
+    return entry.original
 
 
 def backbone_kwargs(name: str, preset: str = "small", **overrides: Any) -> dict[str, Any]:

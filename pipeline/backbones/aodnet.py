@@ -20,9 +20,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._original import OriginalFormat
 from ._registry import register_backbone
 
 __all__ = ["AODNet"]
+
+# The PyTorch port's dehaze_net (net.py): e_conv1..5 are K-estimation's conv1..5, one for one.
+ORIGINAL = OriginalFormat(
+    repository="https://github.com/TheFairBear/PyTorch-Image-Dehazing",
+    commit="not pinned (the repository was not available to inspect; names and forward from its published "
+           "snapshots/dehazer.pth and the AOD-Net paper)",
+    file="net.py (dehaze_net)",
+    rules=((r"k_estimation\.conv(\d)\.(weight|bias)", r"e_conv\1.\2"),),
+    notes="exact: the same five convs and J = ReLU(K * I - K + 1)",
+)
 
 
 class KEstimation(nn.Module):
@@ -55,6 +66,7 @@ class KEstimation(nn.Module):
     default_crop=240,
     source="https://github.com/Boyiliee/AOD-Net",
     paper="Li et al., AOD-Net: All-in-One Dehazing Network, ICCV 2017 (arXiv:1707.06543)",
+    original=ORIGINAL,
 )
 class AODNet(nn.Module):
     """AOD-Net.

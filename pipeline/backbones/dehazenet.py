@@ -29,9 +29,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._original import OriginalFormat
 from ._registry import register_backbone
 
 __all__ = ["DehazeNet"]
+
+# thuBingo/DehazeNet_Pytorch (DehazeNet-pytorch.py): conv1 is the 5x5 feature extraction, conv2..4 the
+# 3x3, 5x5, 7x7 multi-scale convs (in that order), conv5 the 6x6 regression; shapes are the paper's.
+ORIGINAL = OriginalFormat(
+    repository="https://github.com/thuBingo/DehazeNet_Pytorch",
+    commit="2dba861919f5e1c8d0b391e8a63879bd65f7c8cc",
+    file="DehazeNet-pytorch.py (DehazeNet)",
+    rules=(
+        (r"transmission\.extract\.(weight|bias)", r"conv1.\1"),
+        (r"transmission\.scales\.(\d)\.(weight|bias)", lambda m: f"conv{int(m[1]) + 2}.{m[2]}"),
+        (r"transmission\.regress\.(weight|bias)", r"conv5.\1"),
+    ),
+    notes="weights equal, forward not: the port maps an ImageNet-normalised 16x16 patch to one t "
+          "(unpadded convs) and removes the haze outside the network; here t is per pixel and J is computed inside",
+)
 
 
 def dark_channel(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -123,6 +139,7 @@ class TransmissionNet(nn.Module):
     source="https://github.com/caibolun/DehazeNet",
     paper="Cai et al., DehazeNet: An End-to-End System for Single Image Haze Removal, "
     "IEEE TIP 2016 (arXiv:1601.07661)",
+    original=ORIGINAL,
 )
 class DehazeNet(nn.Module):
     """DehazeNet with in-network haze removal.

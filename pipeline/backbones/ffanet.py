@@ -15,17 +15,52 @@ Departures: the original normalises the hazy input outside the network (mean
 (0.64, 0.6, 0.58), std (0.14, 0.15, 0.152)) and adds the *normalised* input as global
 residual; here the normalisation happens inside and the residual adds the [0, 1] input, so
 the network is [0, 1] in and out. Any number of groups is allowed (the original asserts 3).
+``global_residual="normalised"`` adds the normalised input as the original does: an imported
+original checkpoint (``python -m pipeline.models import``) is built that way and computes
+what the original computes.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._original import OriginalFormat
 from ._registry import register_backbone
 
 __all__ = ["FFANet"]
+
+GLOBAL_RESIDUALS = ("input", "normalised")
+
+
+def _group_block(m: re.Match[str], inner: str) -> str:
+    return f"g{int(m[1]) + 1}.gp.{m[2]}.{inner}"
+
+
+# zhilin007/FFA-Net (net/models/FFA.py): groups g1..g3 of Sequential gp (blocks, then the closing conv),
+# calayer.ca / palayer.pa Sequentials (conv at 0 and 2), the fusion attention ca, pre and post Sequentials.
+ORIGINAL = OriginalFormat(
+    repository="https://github.com/zhilin007/FFA-Net",
+    commit="9b4047c2e3bd167411dde461b090a861dd9069dc",
+    file="net/models/FFA.py (FFA); checkpoints are {'model': state_dict} saved from DataParallel",
+    rules=(
+        (r"pre\.(weight|bias)", r"pre.0.\1"),
+        (r"body\.(\d+)\.body\.(\d+)\.(conv[12]\.(?:weight|bias))", lambda m: _group_block(m, m[3])),
+        (r"body\.(\d+)\.body\.(\d+)\.ca\.fc([12])\.(weight|bias)",
+         lambda m: _group_block(m, f"calayer.ca.{2 * int(m[3]) - 2}.{m[4]}")),
+        (r"body\.(\d+)\.body\.(\d+)\.pa\.fc([12])\.(weight|bias)",
+         lambda m: _group_block(m, f"palayer.pa.{2 * int(m[3]) - 2}.{m[4]}")),
+        (r"body\.(\d+)\.body\.(\d+)\.(weight|bias)", lambda m: _group_block(m, m[3])),
+        (r"fusion\.([13])\.(weight|bias)", r"ca.\1.\2"),
+        (r"pa\.fc([12])\.(weight|bias)", lambda m: f"palayer.pa.{2 * int(m[1]) - 2}.{m[2]}"),
+        (r"post\.([01])\.(weight|bias)", r"post.\1.\2"),
+    ),
+    kwargs={"global_residual": "normalised"},
+    notes="exact with global_residual=normalised (the original's residual adds its normalised input)",
+)
 
 # Statistics of RESIDE hazy images used by the origin repository's data loader.
 _HAZY_MEAN = (0.64, 0.6, 0.58)
@@ -104,6 +139,7 @@ class FAGroup(nn.Module):
     source="https://github.com/zhilin007/FFA-Net",
     paper="Qin et al., FFA-Net: Feature Fusion Attention Network for Single Image Dehazing, "
     "AAAI 2020 (arXiv:1911.07559)",
+    original=ORIGINAL,
 )
 class FFANet(nn.Module):
     """FFA-Net.
@@ -114,6 +150,8 @@ class FFANet(nn.Module):
         dim: feature channels (paper: 64).
         kernel_size: conv kernel size (paper: 3).
         fusion_reduction: channel reduction of the attention that fuses the groups (paper: 16).
+        global_residual: what the global residual adds: the [0, 1] ``input`` (trains from scratch
+            here), or the ``normalised`` input, as the original does (its imported weights need it).
     """
 
     def __init__(
@@ -123,8 +161,12 @@ class FFANet(nn.Module):
         dim: int = 64,
         kernel_size: int = 3,
         fusion_reduction: int = 16,
+        global_residual: str = "input",
     ) -> None:
         super().__init__()
+        if global_residual not in GLOBAL_RESIDUALS:
+            raise ValueError(f"global_residual={global_residual!r}; expected one of {', '.join(GLOBAL_RESIDUALS)}")
+        self.global_residual = global_residual
         self.groups, self.dim = groups, dim
         self.pre = _conv(3, dim, kernel_size)
         self.body = nn.ModuleList(FAGroup(dim, blocks, kernel_size) for _ in range(groups))
@@ -146,7 +188,8 @@ class FFANet(nn.Module):
         return (x - mean) / std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pre(self._normalise(x))
+        normalised = self._normalise(x)
+        h = self.pre(normalised)
         feats = []
         for group in self.body:
             h = group(h)
@@ -154,4 +197,5 @@ class FFANet(nn.Module):
         stacked = torch.stack(feats, dim=1)  # (B, G, C, H, W)
         w = self.fusion(torch.cat(feats, dim=1))  # (B, G*C, 1, 1)
         fused = (w.view(-1, self.groups, self.dim, 1, 1) * stacked).sum(dim=1)
-        return x + self.post(self.pa(fused))
+        residual = normalised if self.global_residual == "normalised" else x
+        return residual + self.post(self.pa(fused))

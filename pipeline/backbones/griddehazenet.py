@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._layers import crop_to, pad_to_multiple
+from ._original import OriginalFormat, Packed
 from ._registry import register_backbone
 
 __all__ = ["GridDehazeNet"]
@@ -94,6 +95,47 @@ def _key(row: int, col: int) -> str:
     return f"{row}_{col}"
 
 
+def fused_nodes(height: int, width: int) -> list[tuple[int, int]]:
+    """The grid nodes with both an RDB input (c > 0) and a resampled input, which attention fuses."""
+    half = width // 2
+    down_half = [(r, c) for r in range(1, height) for c in range(1, half)]
+    up_half = [(r, c) for r in range(height - 1) for c in range(half, width)]
+    return down_half + up_half
+
+
+def _coefficient_slices(kwargs: dict) -> dict[str, tuple]:
+    """Node (r, c)'s (2, channels) weights are coefficient[r, c, :, :channels] in the original."""
+    return {f"fusion.{_key(r, c)}.weight": (r, c, slice(None), slice(0, kwargs["depth_rate"] << r))
+            for r, c in fused_nodes(kwargs["height"], kwargs["width"])}
+
+
+# proteus1991/GridDehazeNet (model.py, residual_dense_block.py): rdb_module / downsample_module /
+# upsample_module keyed "row_col" as here, RDB layers as residual_dense_layers.<i>.conv and conv_1x1, and
+# one shared coefficient tensor (height, width, 2, depth_rate * 2**(height-1)) sliced per node.
+ORIGINAL = OriginalFormat(
+    repository="https://github.com/proteus1991/GridDehazeNet",
+    commit="6f0cdf48203a2f41f15b7abc8da6ec3203668c8c",
+    file="model.py (GateHazeNet), residual_dense_block.py (RDB)",
+    rules=(
+        (r"(conv_in|conv_out)\.(weight|bias)", r"\1.\2"),
+        (r"(rdb_in|rdb_out)\.layers\.(\d+)\.(weight|bias)", r"\1.residual_dense_layers.\2.conv.\3"),
+        (r"(rdb_in|rdb_out)\.fuse\.(weight|bias)", r"\1.conv_1x1.\2"),
+        (r"rdb\.(\d+_\d+)\.layers\.(\d+)\.(weight|bias)", r"rdb_module.\1.residual_dense_layers.\2.conv.\3"),
+        (r"rdb\.(\d+_\d+)\.fuse\.(weight|bias)", r"rdb_module.\1.conv_1x1.\2"),
+        (r"down\.(\d+_\d+)\.(conv[12]\.(?:weight|bias))", r"downsample_module.\1.\2"),
+        (r"up\.(\d+_\d+)\.((?:deconv|conv)\.(?:weight|bias))", r"upsample_module.\1.\2"),
+    ),
+    packed=(Packed(
+        name="coefficient",
+        shape=lambda kw: (kw["height"], kw["width"], 2, kw["depth_rate"] << (kw["height"] - 1)),
+        slices=_coefficient_slices,
+        fill=1.0,  # the original's initial value; the entries no node reads stay at it
+    ),),
+    notes="exact on inputs whose sides are multiples of 2**(height-1); the coefficient entries no node reads "
+          "are dropped",
+)
+
+
 @register_backbone(
     "griddehazenet",
     presets={
@@ -105,6 +147,7 @@ def _key(row: int, col: int) -> str:
     source="https://github.com/proteus1991/GridDehazeNet",
     paper="Liu et al., GridDehazeNet: Attention-Based Multi-Scale Network for Image Dehazing, "
     "ICCV 2019 (arXiv:1908.03245)",
+    original=ORIGINAL,
 )
 class GridDehazeNet(nn.Module):
     """GridDehazeNet.
@@ -154,15 +197,10 @@ class GridDehazeNet(nn.Module):
         )
         # A node is fused when it has both an RDB input (c > 0) and a resampled input.
         self.fusion = nn.ModuleDict(
-            {_key(r, c): AttentionFusion(ch[r]) for r, c in self._fused_nodes()}
+            {_key(r, c): AttentionFusion(ch[r]) for r, c in fused_nodes(height, width)}
         )
         self.rdb_out = rdb(depth_rate)
         self.conv_out = nn.Conv2d(depth_rate, 3, 3, padding=1)
-
-    def _fused_nodes(self) -> list[tuple[int, int]]:
-        down_half = [(r, c) for r in range(1, self.height) for c in range(1, self.half)]
-        up_half = [(r, c) for r in range(self.height - 1) for c in range(self.half, self.width)]
-        return down_half + up_half
 
     def _node(self, grid: dict[tuple[int, int], torch.Tensor], r: int, c: int) -> torch.Tensor:
         """Value of grid node (r, c) from its already computed neighbours."""

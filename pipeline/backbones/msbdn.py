@@ -18,18 +18,71 @@ Departures: the decoder's 3x3 stride-2 transposed convs use padding 1 and output
 so they give exactly twice the size instead of 2H + 1 followed by a bilinear resize (same
 parameters). Inputs are reflect-padded to a multiple of 2**levels (and at least
 2**(levels + 1), so the reflect-padded convs of the bottleneck have room) and cropped back.
-Widths and depths are constructor arguments so smaller presets exist.
+Widths and depths are constructor arguments so smaller presets exist. ``upsample="original"``
+restores the original's transposed convs and resize: an imported original checkpoint
+(``python -m pipeline.models import``) is built that way and computes what the original computes.
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ._layers import crop_to, pad_to_multiple
+from ._original import OriginalFormat
 from ._registry import register_backbone
 
 __all__ = ["MSBDN"]
+
+UPSAMPLES = ("exact", "original")
+_RESIDUAL = r"(conv[12]\.(?:weight|bias)|act\.weight)"  # a residual block's parameters
+
+
+def _residual(prefix: str, inner: str) -> str:
+    """A residual block's parameter in the original: ConvLayer wraps each conv as conv2d, the PReLU is relu."""
+    return prefix + (inner.replace(".", ".conv2d.", 1) if inner.startswith("conv") else "relu.weight")
+
+
+def _scale(n: str) -> int:
+    return 2 ** (int(n) + 1)
+
+
+# BookerDeWitt/MSBDN-DFF (networks/MSBDN-DFF-v1-1.py, networks/base_networks.py): encoder stacks dense0..3,
+# stride-2 convs conv2x..conv16x, encoder DFF fusion1..4 (up_convs = DeconvBlock toward finer, down_convs
+# = ConvBlock back), bottleneck dehaze.res<k>, decoder convd16x..convd2x, dense_4..dense_1, fusion_4..fusion_1
+# (down_convs toward coarser, up_convs back).
+ORIGINAL = OriginalFormat(
+    repository="https://github.com/BookerDeWitt/MSBDN-DFF",
+    commit="9c423db18597b1e6bb3d4f7d58725141be6bd7f4",
+    file="networks/MSBDN-DFF-v1-1.py (Net), networks/base_networks.py (Encoder/Decoder_MDCBlock1, mode iter2)",
+    rules=(
+        (r"(conv_input|conv_output)\.(weight|bias)", r"\1.conv2d.\2"),
+        (rf"enc_blocks\.(\d+)\.blocks\.(\d+)\.{_RESIDUAL}", lambda m: _residual(f"dense{m[1]}.{m[2]}.", m[3])),
+        (r"down\.(\d+)\.(weight|bias)", lambda m: f"conv{_scale(m[1])}x.conv2d.{m[2]}"),
+        (r"enc_fusion\.(\d+)\.to_other\.(\d+)\.conv\.(weight|bias)",
+         lambda m: f"fusion{int(m[1]) + 1}.up_convs.{m[2]}.deconv.{m[3]}"),
+        (r"enc_fusion\.(\d+)\.back\.(\d+)\.conv\.(weight|bias)",
+         lambda m: f"fusion{int(m[1]) + 1}.down_convs.{m[2]}.conv.{m[3]}"),
+        (r"enc_fusion\.(\d+)\.to_other\.(\d+)\.act\.weight", lambda m: f"fusion{int(m[1]) + 1}.up_convs.{m[2]}.act.weight"),
+        (r"enc_fusion\.(\d+)\.back\.(\d+)\.act\.weight", lambda m: f"fusion{int(m[1]) + 1}.down_convs.{m[2]}.act.weight"),
+        (rf"bottleneck\.(\d+)\.{_RESIDUAL}", lambda m: _residual(f"dehaze.res{m[1]}.", m[2])),
+        (r"up\.(\d+)\.(weight|bias)", lambda m: f"convd{_scale(m[1])}x.conv2d.{m[2]}"),
+        (rf"dec_blocks\.(\d+)\.blocks\.(\d+)\.{_RESIDUAL}",
+         lambda m: _residual(f"dense_{int(m[1]) + 1}.{m[2]}.", m[3])),
+        (r"dec_fusion\.(\d+)\.to_other\.(\d+)\.conv\.(weight|bias)",
+         lambda m: f"fusion_{int(m[1]) + 1}.down_convs.{m[2]}.conv.{m[3]}"),
+        (r"dec_fusion\.(\d+)\.back\.(\d+)\.conv\.(weight|bias)",
+         lambda m: f"fusion_{int(m[1]) + 1}.up_convs.{m[2]}.deconv.{m[3]}"),
+        (r"dec_fusion\.(\d+)\.to_other\.(\d+)\.act\.weight",
+         lambda m: f"fusion_{int(m[1]) + 1}.down_convs.{m[2]}.act.weight"),
+        (r"dec_fusion\.(\d+)\.back\.(\d+)\.act\.weight", lambda m: f"fusion_{int(m[1]) + 1}.up_convs.{m[2]}.act.weight"),
+    ),
+    kwargs={"upsample": "original"},
+    notes="exact with upsample=original on inputs whose sides are multiples of 2**levels",
+)
 
 
 def _reflect_conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
@@ -124,6 +177,7 @@ class DenseFeatureFusion(nn.Module):
     source="https://github.com/BookerDeWitt/MSBDN-DFF",
     paper="Dong et al., Multi-Scale Boosted Dehazing Network with Dense Feature Fusion, "
     "CVPR 2020 (arXiv:2004.13388)",
+    original=ORIGINAL,
 )
 class MSBDN(nn.Module):
     """MSBDN-DFF.
@@ -134,6 +188,8 @@ class MSBDN(nn.Module):
         level_blocks: residual blocks per encoder and decoder level (paper: 3).
         bottleneck_blocks: residual blocks at the coarsest level (paper: 18).
         input_kernel: kernel size of the input conv (paper: 11).
+        upsample: the decoder's 2x upsampling: ``exact`` (a transposed conv that gives twice the size),
+            or ``original`` (2H + 1, then a bilinear resize, as the original; its imported weights need it).
     """
 
     def __init__(
@@ -143,9 +199,12 @@ class MSBDN(nn.Module):
         level_blocks: int = 3,
         bottleneck_blocks: int = 18,
         input_kernel: int = 11,
+        upsample: str = "exact",
     ) -> None:
         super().__init__()
-        self.levels = levels
+        if upsample not in UPSAMPLES:
+            raise ValueError(f"upsample={upsample!r}; expected one of {', '.join(UPSAMPLES)}")
+        self.levels, self.upsample = levels, upsample
         ch = [base_channels << level for level in range(levels + 1)]
         self.conv_input = _reflect_conv(3, ch[0], input_kernel)
         self.enc_blocks = nn.ModuleList(ResidualStack(ch[n], level_blocks) for n in range(levels))
@@ -156,8 +215,9 @@ class MSBDN(nn.Module):
         )
         self.bottleneck = nn.Sequential(*(ResidualBlock(ch[-1]) for _ in range(bottleneck_blocks)))
         # Decoder modules are indexed by the level they produce (0 = full resolution).
+        pad = 1 if upsample == "exact" else 0
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(ch[n + 1], ch[n], 3, stride=2, padding=1, output_padding=1)
+            nn.ConvTranspose2d(ch[n + 1], ch[n], 3, stride=2, padding=pad, output_padding=pad)
             for n in range(levels)
         )
         self.dec_blocks = nn.ModuleList(ResidualStack(ch[n], level_blocks) for n in range(levels))
@@ -187,6 +247,8 @@ class MSBDN(nn.Module):
         # Boosted decoder: strengthen (add upsampled estimate), operate, subtract.
         for n in reversed(range(self.levels)):
             upsampled = self.up[n](feat)
+            if self.upsample == "original":
+                upsampled = F.interpolate(upsampled, size=skips[n].shape[-2:], mode="bilinear", align_corners=False)
             strengthened = skips[n] + upsampled
             feat = self.dec_blocks[n](strengthened) - upsampled
             feat = self.dec_fusion[n](feat, memory)

@@ -51,7 +51,6 @@ Modes: ``plain`` trains the backbone with w = 1 (the baseline); ``bild`` and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -61,6 +60,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..hardware import autocast, exact_float32
 from .alignment import ESTIMATORS, Params, alignment_fd, alignment_jvp, alignment_loop, per_crop_l1
 from .reweighter import crop_log_weights
 
@@ -112,6 +112,7 @@ class BildNets:
     inner_opt: torch.optim.Optimizer
     reweighter: nn.Module | None = None
     outer_opt: torch.optim.Optimizer | None = None
+    scaler: torch.amp.GradScaler | None = None  # fp16 only: the inner step's loss scaler
 
 
 @dataclass
@@ -127,7 +128,7 @@ class BildConfig:
     regulariser: str  # Omega: "uniform_kl" (KL(u || p), a log barrier) | "entropy" (-H, the paper's)
     mix: float  # lambda: the policy's share in w = (1 - lambda) + lambda * w^pi; 0 = plain weights, 1 = the paper's
     ess_floor: float  # f: lambda is lowered within a step to keep ESS >= f * n; 0 = no floor
-    amp: bool = False  # bf16 autocast for the backbone's forward passes
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the backbone's forward passes (pipeline.hardware)
     sync_timing: bool = False  # cuda.synchronize at stage boundaries, for honest stage times
 
     def __post_init__(self) -> None:
@@ -137,6 +138,7 @@ class BildConfig:
             ("reward_norm", self.reward_norm, REWARD_NORMS),
             ("regulariser", self.regulariser, REGULARISERS),
             ("weighting", self.weighting, ("softmax", "sigmoid")),
+            ("precision", self.precision, ("fp32", "bf16", "fp16")),
         ]:
             if value not in valid:
                 raise ValueError(f"BILD {name}={value!r} is not valid; expected one of {', '.join(valid)}")
@@ -263,15 +265,29 @@ class _StageClock:
         self._last = now
 
 
-def _autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def _check_finite(loss: torch.Tensor, what: str) -> None:
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"{what} is {loss.item()}: stopping before the optimiser step")
+
+
+def _inner_update(nets: BildNets, loss: torch.Tensor) -> None:
+    """theta_t = optimiser step on ``loss``; under fp16 through the loss scaler (which skips overflowed steps)."""
+    nets.inner_opt.zero_grad(set_to_none=True)
+    if nets.scaler is None:
+        loss.backward()
+        nets.inner_opt.step()
+        return
+    nets.scaler.scale(loss).backward()
+    nets.scaler.step(nets.inner_opt)
+    nets.scaler.update()
+
+
+def _gradient(loss: torch.Tensor, params: list[nn.Parameter], scaler: torch.amp.GradScaler | None) -> tuple[torch.Tensor, ...]:
+    """grad_theta ``loss``; under fp16 taken at the scaler's scale (no underflow) and unscaled."""
+    if scaler is None:
+        return torch.autograd.grad(loss, params)
+    scale = scaler.get_scale()
+    return tuple(g / scale for g in torch.autograd.grad(loss * scale, params))
 
 
 # Stage 4 as a replaceable function: (backbone, theta_{t-1}, g_v, batch, l_i(theta_{t-1})) -> (d (n,), its name).
@@ -301,13 +317,11 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
         weights = torch.ones(batch.hazy.shape[0], device=device)
 
     # 2. Inner step (eq. 5): theta_t = step on (1/n) sum_i w_i l_i(theta_{t-1}).
-    with _autocast(cfg.amp, device):
+    with autocast(cfg.precision, device):
         crop_losses = per_crop_l1(backbone(batch.hazy).float(), batch.clear)  # (n,)
     inner_loss = (weights * crop_losses).mean()
     _check_finite(inner_loss, "training loss")
-    nets.inner_opt.zero_grad(set_to_none=True)
-    inner_loss.backward()
-    nets.inner_opt.step()
+    _inner_update(nets, inner_loss)
     clock.lap("inner")
     inner_stats = torch.stack([inner_loss.detach(), crop_losses.detach().mean()])
     if not reweight:
@@ -316,11 +330,15 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
 
     # 3. Validation gradient g_v at the new parameters theta_t.
     params = [p for p in backbone.parameters() if p.requires_grad]
-    with _autocast(cfg.amp, device):
+    with autocast(cfg.precision, device):
         val_loss = per_crop_l1(backbone(batch.val_hazy).float(), batch.val_clear).mean()
     _check_finite(val_loss, "validation loss")
-    grad_val = dict(zip(old_params, torch.autograd.grad(val_loss, params)))
+    grad_val = dict(zip(old_params, _gradient(val_loss, params, nets.scaler)))
     clock.lap("val_grad")
+    if not all(torch.isfinite(g).all() for g in grad_val.values()):
+        # fp16 overflowed: skip this step's outer update, as the scaler skips an inner one.
+        loss, crop_loss = inner_stats.tolist()
+        return StepStats(loss=loss, crop_loss=crop_loss, val_loss=val_loss.item(), times=clock.times, estimator="none")
 
     # 4. Alignment d_i = < g_v , grad l_i(theta_{t-1}) >, one number per crop.
     estimate = alignment or (lambda *args: _alignment_with_fallback(cfg, *args))
@@ -365,15 +383,18 @@ def _alignment_with_fallback(
 ) -> tuple[torch.Tensor, str]:
     """Estimate d with cfg.estimator; fall back to finite differences (logged once) if jvp fails."""
     hazy, clear = batch.hazy, batch.clear
-    # Under bf16 autocast the inner losses are too coarse to difference: fd re-evaluates in fp32.
-    old_losses = None if cfg.amp else crop_losses
     name = type(backbone).__name__
     if cfg.estimator == "jvp" and name not in _JVP_UNSUPPORTED:
-        try:
-            return alignment_jvp(backbone, old_params, grad_val, hazy, clear), "jvp"
+        try:  # a directional derivative keeps its relative precision under autocast
+            with autocast(cfg.precision, hazy.device):
+                return alignment_jvp(backbone, old_params, grad_val, hazy, clear).float(), "jvp"
         except (RuntimeError, NotImplementedError) as err:
             _JVP_UNSUPPORTED[name] = str(err).splitlines()[0]
             log.warning("jvp alignment unsupported for %s (%s); using finite differences", name, err)
     if cfg.estimator == "loop":
         return alignment_loop(backbone, old_params, grad_val, hazy, clear), "loop"
-    return alignment_fd(backbone, old_params, grad_val, hazy, clear, old_losses), "fd"
+    # A difference of two losses needs full float32: under autocast (or TF32) the rounding of each
+    # loss is larger than the change it measures, so fd re-evaluates l_i(theta_{t-1}) in float32.
+    old_losses = crop_losses if cfg.precision == "fp32" else None
+    with exact_float32():
+        return alignment_fd(backbone, old_params, grad_val, hazy, clear, old_losses), "fd"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..hardware import flush_denormals
 from .crops import CropSpec, cut_crops
 from .errors import DataError
 from .index import PairIndex
@@ -68,6 +69,11 @@ class _Steps(Sampler):
         return len(self.steps)
 
 
+def _flush_denormals_in_worker(worker_id: int) -> None:
+    """A worker process flushes denormals whatever started it (fork inherits the flag, spawn re-imports)."""
+    flush_denormals()
+
+
 class CropLoader:
     """Cuts the crops of a list of steps in ``workers`` processes (0: in this process), in order."""
 
@@ -86,6 +92,7 @@ class CropLoader:
             # Its own generator: creating an iterator draws a seed from it, and must not move
             # torch's global random state, which the networks' training follows.
             generator=torch.Generator(),
+            worker_init_fn=_flush_denormals_in_worker,
         )
 
     def crops(self, steps: list[StepSpec]) -> Iterator[StepCrops]:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..data import DataError
 from ..data.images import IMAGE_EXTENSIONS, decode_image, is_image_file
 from ..files import atomic_write
+from ..hardware import resolve_precision
 from ..models import load_model
 from .inference import STRATEGIES, dehaze_image, resolve_device
 
@@ -68,6 +69,7 @@ def dehaze_paths(
     strategy: str = "tile",
     tile: int = 512,
     device: str = "auto",
+    precision: str = "auto",
     progress: bool = True,
 ) -> dict[str, list[Any]]:
     """Dehaze files and folders into ``out_dir``; returns ``{"done": [output paths], "failed": [(input, reason)]}``."""
@@ -75,6 +77,7 @@ def dehaze_paths(
         raise ValueError(f"--strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     model, _ = load_model(model_path)
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     model = model.to(dev)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -86,7 +89,7 @@ def dehaze_paths(
     for src in tqdm(files, desc="dehaze", unit="img", disable=not progress):
         try:
             dst = _target(src, out, taken)
-            _save(dehaze_image(model, decode_image(src), dev, strategy=strategy, tile=tile), dst)
+            _save(dehaze_image(model, decode_image(src), dev, strategy=strategy, tile=tile, precision=precision), dst)
         # RuntimeError: torch on an image the network cannot take (too small, out of memory).
         except (DataError, ValueError, OSError, RuntimeError) as err:
             failed.append((str(src), str(err)))

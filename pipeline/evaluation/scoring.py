@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from ..data import PairIndex, read_index, to_tensor
 from ..files import atomic_write
-from ..models import load_model, model_label
+from ..hardware import resolve_precision
+from ..models import load_model, model_label, resolve_model_file
 from .baselines import dark_channel_prior
 from .inference import STRATEGIES, dehaze_tensor, resolve_device
 from .metrics import psnr, ssim
@@ -65,9 +66,10 @@ def _spread(count: int, max_images: int | None) -> list[int]:
     return np.linspace(0, count - 1, max_images).round().astype(int).tolist()
 
 
-def _methods(model: torch.nn.Module, label: str, device: torch.device, strategy: str, tile: int) -> dict[str, Method]:
+def _methods(model: torch.nn.Module, label: str, device: torch.device, strategy: str, tile: int,
+             precision: str) -> dict[str, Method]:
     def run_model(_: np.ndarray, x: torch.Tensor) -> torch.Tensor:
-        return dehaze_tensor(model, x.to(device), strategy=strategy, tile=tile).cpu()
+        return dehaze_tensor(model, x.to(device), strategy=strategy, tile=tile, precision=precision).cpu()
 
     def run_dcp(image: np.ndarray, _: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(dark_channel_prior(image)).permute(2, 0, 1)[None]
@@ -154,6 +156,7 @@ def evaluate(
     tile: int = 512,
     max_images: int | None = None,
     device: str = "auto",
+    precision: str = "auto",
     progress: bool = False,
     out: str | os.PathLike | None = None,
 ) -> pl.DataFrame:
@@ -167,9 +170,9 @@ def evaluate(
         raise ValueError(f"--strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     rows = RowFile(out)
     model, meta = load_model(model_path)
-    label = model_label(meta)
+    label = model_label(meta, resolve_model_file(model_path))
     dev = resolve_device(device)
-    methods = _methods(model.to(dev), label, dev, strategy, tile)
+    methods = _methods(model.to(dev), label, dev, strategy, tile, resolve_precision(precision, dev))
     index = read_index(root, layout)
     refs = ReferenceScores(index.fingerprint, None)
     picks = _spread(len(index), max_images)

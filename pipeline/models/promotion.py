@@ -218,6 +218,10 @@ def _git_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def _promoted(card: dict[str, Any]) -> bool:
+    return card.get("version") is not None and "experiment" in (card.get("source") or {})
+
+
 def _index_row(card: dict[str, Any], folder: Location) -> dict[str, Any]:
     # Cards written before the per-epoch subset existed scored the whole selection set as "measured".
     source, test = card["source"], card["test"]
@@ -237,9 +241,10 @@ def _index_row(card: dict[str, Any], folder: Location) -> dict[str, Any]:
 def write_index(models_dir: str | os.PathLike | Location) -> Location:
     """Rebuild ``index.parquet`` from every card under ``models_dir`` (so it can never drift from them)."""
     models_dir = location(models_dir, "--models-dir")
-    cards = [c for c in models_dir.files() if c.name == CARD_FILE and re.fullmatch(r"v\d+", c.parent.name)
-             and c.parent.parent.parent == models_dir]
-    rows = [_index_row(read_card(c), c.parent) for c in cards]
+    cards = [(read_card(c), c.parent) for c in models_dir.files()
+             if c.name == CARD_FILE and re.fullmatch(r"v\d+", c.parent.name) and c.parent.parent.parent == models_dir]
+    # Only promotions are indexed: a model imported or converted into a v<N> folder has no trial to list.
+    rows = [_index_row(card, folder) for card, folder in cards if _promoted(card)]
     rows.sort(key=lambda r: (r["backbone"], int(r["version"][1:])))
     return write_rows(models_dir / "index.parquet", rows, INDEX_SCHEMA)
 

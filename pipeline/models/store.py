@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ..backbones import build_from_kwargs
-from ..checkpoints import CHECKPOINT_FORMAT, CheckpointError, field, load_checkpoint, one_line
+from ..checkpoints import CHECKPOINT_FORMAT, CheckpointError, field, load_checkpoint, one_line, optional_field
 from ..files import default_cache_dir
 from ..storage import Location, fetch, location
 
@@ -51,6 +51,7 @@ __all__ = [
     "build_backbone",
     "convert_advice",
     "file_sha256",
+    "init_weights",
     "load_model",
     "model_label",
     "model_origin",
@@ -87,8 +88,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 # --- the card -------------------------------------------------------------------------------------
 
 
+# A card's provenance fields that readers use, each optional: a card written by an import, a conversion
+# or by hand has neither version nor source. Present, each must have its kind.
+PROVENANCE_FIELDS = {"version": str, "source": dict, "source.checkpoint": str, "epoch": int}
+
+
 def read_card(path: str | os.PathLike | Location) -> dict[str, Any]:
-    """A card.json as a dict; a truncated or foreign file is a one-line error naming it."""
+    """A card.json as a dict; a truncated or foreign file, or a malformed provenance field, is a one-line
+    error naming the file (and the field)."""
     path = location(path)
     try:
         card = json.loads(path.read_text())
@@ -96,6 +103,8 @@ def read_card(path: str | os.PathLike | Location) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON ({err}); expected a model card") from err
     if not isinstance(card, dict):
         raise CheckpointError(f"{path} holds a JSON {type(card).__name__}; expected a model card (an object)")
+    for dotted, kind in PROVENANCE_FIELDS.items():
+        optional_field(card, dotted, kind, path)
     return card
 
 
@@ -257,18 +266,39 @@ def load_model(path: str | os.PathLike | Location) -> tuple[nn.Module, dict[str,
     return model.to(memory_format=torch.channels_last).eval(), meta
 
 
-def model_label(meta: dict[str, Any]) -> str:
-    """A short name for tables that tells two models of one backbone apart.
+def init_weights(path: str | os.PathLike, name: str, preset: str, pinned_sha256: str | None = None
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """(kwargs, weights, sha256 of the weights file) of the model training starts from (``train.init``).
+
+    The model must be of backbone ``name`` at ``preset``; with ``pinned_sha256`` (a run's recorded
+    ``train.init_sha256``) its file must still be the one the run started from.
+    """
+    file = resolve_model_file(path)
+    backbone, weights, _ = _from_safetensors(file) if file.suffix == ".safetensors" else _from_pickle(file, location(file))
+    if (backbone["name"], backbone.get("preset")) != (name, preset):
+        raise CheckpointError(f"train.init={path} is a {backbone['name']} {backbone.get('preset')} model; "
+                              f"expected a {name} {preset} model, the backbone and preset this run trains")
+    sha256 = file_sha256(file)
+    if pinned_sha256 is not None and sha256 != pinned_sha256:
+        raise CheckpointError(f"train.init={path}: {file} has sha256 {sha256}, but the run started from "
+                              f"{pinned_sha256} (train.init_sha256); expected the same model file")
+    return backbone["kwargs"], weights, sha256
+
+
+def model_label(meta: dict[str, Any], file: str | os.PathLike) -> str:
+    """A short name for tables that tells two models of one backbone apart; ``file`` is the model's weights file.
 
     ``aodnet/v2`` for a promoted model; ``aodnet@<run>:epoch3`` for a training checkpoint,
     where ``<run>`` is the folder of its run (``python -m pipeline.train``'s run_dir, or a
-    search trial's folder); ``aodnet@<folder>`` for a model file without a card.
+    search trial's folder); ``aodnet@<folder>`` for any other model (imported, converted, written
+    by hand), ``<folder>`` being the one that holds it.
     """
-    if "version" in meta:
+    if meta.get("version") is not None:
         return f"{meta['backbone']}/{meta['version']}"
-    folder = location(meta["source"]["checkpoint"]).parent
+    checkpoint = (meta.get("source") or {}).get("checkpoint")
+    folder = location(checkpoint if checkpoint is not None else file).parent  # a path or a storage URI
     if re.fullmatch(r"checkpoint_\d+", folder.name):  # Ray Tune keeps <trial>/checkpoint_000004/checkpoint.pt
         folder = folder.parent
-    if "epoch" in meta:
+    if meta.get("epoch") is not None:
         return f"{meta['backbone']}@{folder.name}:epoch{meta['epoch']}"
     return f"{meta['backbone']}@{folder.name}"

@@ -31,8 +31,8 @@ from ..data import PairIndex
 from ..storage import Location, location
 from ..studies import dashboard_command, study_journal, study_name
 from ..trainer import Trainer, load_index
-from .runner import SearchInterrupted, SearchOptions, Trainable, run_search, start_ray
 from .lease import ExperimentBusyError, experiment_lease
+from .runner import SearchInterrupted, SearchOptions, Trainable, place_trials, run_search, start_ray
 from .space import SearchSpace, load_search_space, space_from_dict
 from .trainable import train_trial
 
@@ -49,9 +49,10 @@ class SearchRequest:
     backbone: str | None = None  # None: msbdn for a new experiment, the saved one for a resume
     mode: str | None = None  # None: bild for a new experiment, the saved one for a resume
     trials: int | None = None
-    concurrency: int = 2
+    concurrency: int | None = None  # None: every GPU share of the cluster, else 2 (pipeline.tune.runner.place_trials)
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = "auto"  # auto: a 1/trials_per_gpu share when the cluster has GPUs, else 0
+    trials_per_gpu: int | None = None  # None: 1
     search_space: str | None = None  # a name in search_spaces/ or a YAML path; None: the backbone's own, else default
     name: str | None = None
     storage: str = "runs"
@@ -74,10 +75,21 @@ def _check_numbers(req: SearchRequest) -> None:
             _fail(flag, f"got {value}; expected an integer >= {least}")
     if not req.cpus_per_trial > 0:
         _fail("--cpus-per-trial", f"got {req.cpus_per_trial}; expected > 0")
-    if req.gpus_per_trial < 0 or (req.gpus_per_trial > 1 and not float(req.gpus_per_trial).is_integer()):
-        _fail("--gpus-per-trial", f"got {req.gpus_per_trial}; expected 0, a fraction in (0, 1], or a whole number")
+    _check_gpus(req.gpus_per_trial, req.trials_per_gpu)
     if req.mode is not None and req.mode not in MODES:
         _fail("--mode", f"got {req.mode!r}; expected one of {', '.join(MODES)}")
+
+
+def _check_gpus(gpus: float | str, trials_per_gpu: int | None) -> None:
+    if gpus == "auto":
+        if trials_per_gpu is not None and trials_per_gpu < 1:
+            _fail("--trials-per-gpu", f"got {trials_per_gpu}; expected an integer >= 1")
+        return
+    if not isinstance(gpus, (int, float)) or gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
+        _fail("--gpus-per-trial", f"got {gpus!r}; expected auto, 0, a fraction in (0, 1], or a whole number")
+    if trials_per_gpu is not None:
+        _fail("--trials-per-gpu", f"goes with --gpus-per-trial auto, not {gpus:g}; a share of 1/K is "
+                                  f"--gpus-per-trial {1 / trials_per_gpu:g}")
 
 
 def _check_backbone(req: SearchRequest) -> None:
@@ -126,6 +138,7 @@ def _new_experiment(req: SearchRequest, name: str) -> tuple[DictConfig, SearchSp
         concurrency=req.concurrency,
         cpus_per_trial=req.cpus_per_trial,
         gpus_per_trial=req.gpus_per_trial,
+        trials_per_gpu=req.trials_per_gpu,
         seed=req.seed,
         max_failures=req.max_failures,
     )
@@ -183,8 +196,14 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairIndex, Sea
     else:
         cfg, space, opts = _new_experiment(req, name)
     opts.address, opts.dashboard_host = req.address, req.dashboard_host  # where to run may change
+    if cfg.device != "auto":
+        _fail("overrides", f"device={cfg.device}: in a search Ray gives each trial its device (a GPU share by "
+                           "--gpus-per-trial, else the CPU); drop the device override")
     index = load_index(cfg)
-    Trainer(cfg, index)  # builds data splits, crops and networks once: a bad config fails before Ray
+    # A bad config fails here, before Ray; on the CPU, so the driver takes no GPU memory from the trials.
+    checked = Trainer(OmegaConf.merge(cfg, {"device": "cpu"}), index).cfg.train
+    # Every trial starts from the same init model, found wherever the trial runs: its absolute path and sha256.
+    cfg.train.init, cfg.train.init_sha256 = checked.init, checked.init_sha256
     return cfg, space, index, opts
 
 
@@ -237,16 +256,18 @@ def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> di
     cfg, space, index, opts = prepare(req)
     with experiment_lock(opts.experiment_dir):
         ray_info = start_ray(opts)
+        placement = place_trials(opts)
         print(f"Ray: {ray_info['ray']}", flush=True)
         print(f"Ray dashboard: {ray_info['dashboard_url'] or 'not running'} ({ray_info['auth']})", flush=True)
+        print(f"{placement.describe()}", flush=True)
         print(f"experiment: {opts.experiment_dir}  ({', '.join(opts.modes)}; {opts.trials} trials each, "
-              f"{opts.epochs} epochs, {opts.concurrency} at once)", flush=True)
+              f"{opts.epochs} epochs)", flush=True)
         optuna_info = _optuna_info(opts)
         print(f"Optuna dashboard: {optuna_info['dashboard_command']}  (studies {', '.join(optuna_info['studies'])}; "
               "needs pip install optuna-dashboard)", flush=True)
         try:
-            summary = {**run_search(cfg, space, index, opts, trainable), "dashboard": ray_info,
-                       "optuna": optuna_info}
+            summary = {**run_search(cfg, space, index, opts, placement, trainable), "dashboard": ray_info,
+                       "optuna": optuna_info, "placement": placement.describe()}
         except SearchInterrupted as err:
             raise SearchInterrupted(f"{err}; continue with: python -m pipeline.search --name {opts.name} "
                                     f"--storage {shlex.quote(opts.storage)}") from None

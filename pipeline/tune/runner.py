@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import warnings
@@ -47,14 +48,15 @@ from .space import SearchSpace, make_sampler
 from .state import StateBackupCallback, restore_state_backup
 from .trainable import train_trial, trial_dirname
 
-__all__ = ["SearchInterrupted", "SearchOptions", "Trainable", "check_dataset_visible", "check_resources", "start_ray",
-           "run_search"]
+__all__ = ["DEFAULT_CPU_CONCURRENCY", "Placement", "SearchInterrupted", "SearchOptions", "Trainable",
+           "check_dataset_visible", "check_resources", "place_trials", "start_ray", "run_search"]
 
 # What each trial runs: ``train_trial``'s signature (config, *, mode, base_cfg, space, index, trials_dir, settled).
 Trainable = Callable[..., None]
 # Trial statuses in the experiment's records: settled ones are never run again; failed ones are never best.
 SETTLED = (*FINISHED, "NONFINITE")
 FAILED = ("ERROR", "NONFINITE")
+DEFAULT_CPU_CONCURRENCY = 2  # trials at once on a cluster without GPUs, unless --concurrency says otherwise
 
 
 @dataclass
@@ -64,10 +66,11 @@ class SearchOptions:
     modes: tuple[str, ...]  # ("bild",), ("plain",) or ("bild", "plain")
     trials: int
     epochs: int
-    concurrency: int
+    concurrency: int | None  # None: as many as the cluster's GPU shares, else DEFAULT_CPU_CONCURRENCY
     cpus_per_trial: float
-    gpus_per_trial: float
+    gpus_per_trial: float | str  # "auto": a 1/trials_per_gpu share when the cluster has GPUs, else 0
     seed: int | None  # the sampler's seed; None: the search space's own
+    trials_per_gpu: int | None = None  # None: 1
     address: str | None = None
     dashboard_host: str = "127.0.0.1"
     max_failures: int = 2
@@ -116,11 +119,48 @@ def start_ray(opts: SearchOptions) -> dict[str, Any]:
     return info
 
 
-def check_resources(opts: SearchOptions) -> None:
+@dataclass(frozen=True)
+class Placement:
+    """Where trials run, decided once Ray is up: the GPU share each trial asks Ray for, and how many at once."""
+
+    gpus_per_trial: float
+    concurrency: int
+    cluster_gpus: float
+    asked: str  # why: "auto" or the flag's value
+
+    def describe(self) -> str:
+        if self.gpus_per_trial > 0:
+            return f"trials on GPU, {self.gpus_per_trial:g} GPU each, {self.concurrency} at once"
+        if self.asked == "auto":
+            return f"no GPU in the cluster: trials on CPU, {self.concurrency} at once"
+        return f"trials on CPU (--gpus-per-trial 0), {self.concurrency} at once"
+
+
+def place_trials(opts: SearchOptions) -> Placement:
+    """Each trial's GPU share and the concurrency, from the options and the connected cluster's GPUs.
+
+    ``auto`` gives each trial a 1/K share of a GPU (K = ``--trials-per-gpu``, default 1) when the
+    cluster has GPUs, and none otherwise. Unless ``--concurrency`` is set, as many trials run at
+    once as the cluster has GPU shares (``DEFAULT_CPU_CONCURRENCY`` on the CPU).
+    """
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if opts.gpus_per_trial == "auto":
+        gpus = 1.0 / (opts.trials_per_gpu or 1) if cluster_gpus > 0 else 0.0
+    else:
+        gpus = float(opts.gpus_per_trial)
+    concurrency = opts.concurrency
+    if concurrency is None:
+        concurrency = max(1, math.floor(cluster_gpus / gpus + 1e-9)) if gpus > 0 else DEFAULT_CPU_CONCURRENCY
+    placement = Placement(gpus, concurrency, cluster_gpus, str(opts.gpus_per_trial))
+    check_resources(opts.cpus_per_trial, gpus)
+    return placement
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
     """Refuse per-trial resources that no node of the connected cluster can ever provide."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    for flag, key, amount in (("--cpus-per-trial", "CPU", opts.cpus_per_trial),
-                              ("--gpus-per-trial", "GPU", opts.gpus_per_trial)):
+    for flag, key, amount in (("--cpus-per-trial", "CPU", cpus_per_trial),
+                              ("--gpus-per-trial", "GPU", gpus_per_trial)):
         largest = max((n.get(key, 0.0) for n in nodes), default=0.0)
         if amount > largest:
             raise ConfigError(f"{flag} {amount:g}: no node of this Ray cluster has {amount:g} {key}s "
@@ -131,7 +171,7 @@ def _sees(paths: list[str]) -> bool:
     return all(os.path.isfile(p) for p in paths)
 
 
-def check_dataset_visible(index: PairIndex, opts: SearchOptions) -> None:
+def check_dataset_visible(index: PairIndex, cpus_per_trial: float, gpus_per_trial: float) -> None:
     """Refuse, naming the node, a cluster node that would run trials but cannot read the dataset.
 
     Data stays a path (NFS, or the same copy at the same path on every node); only results,
@@ -144,8 +184,8 @@ def check_dataset_visible(index: PairIndex, opts: SearchOptions) -> None:
 
     paths = [str(index.hazy_path(0)), str(index.clear_path(0))]
     probe = ray.remote(num_cpus=0)(_sees)
-    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= opts.cpus_per_trial
-             and n["Resources"].get("GPU", 0) >= opts.gpus_per_trial]
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= cpus_per_trial
+             and n["Resources"].get("GPU", 0) >= gpus_per_trial]
     answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                        .remote(paths) for n in nodes])
     blind = [n for n, sees in zip(nodes, answers) if not sees]
@@ -265,13 +305,13 @@ def _trial_rows(opts: SearchOptions, mode: str) -> list[dict[str, Any]]:
 
 
 def _trainable(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.ObjectRef, opts: SearchOptions,
-               fn: Trainable) -> Any:
+               placement: Placement, fn: Trainable) -> Any:
     base = OmegaConf.to_container(cfg, resolve=True)
     settled = {r["trial_id"]: {"select_psnr": r["last_select_psnr"] or 0.0, "select_ssim": r["last_select_ssim"] or 0.0}
                for r in _trial_rows(opts, mode) if r["status"] in SETTLED}
     with_data = tune.with_parameters(fn, mode=mode, base_cfg=base, space=space, index=index_ref,
                                      trials_dir=str(opts.experiment_dir / f"tune-{mode}"), settled=settled)
-    return tune.with_resources(with_data, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    return tune.with_resources(with_data, {"cpu": opts.cpus_per_trial, "gpu": placement.gpus_per_trial})
 
 
 def _state_callbacks(path: Location) -> list[tune.Callback]:
@@ -283,8 +323,8 @@ def _state_callbacks(path: Location) -> list[tune.Callback]:
 
 
 def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.ObjectRef, opts: SearchOptions,
-           fn: Trainable) -> tune.Tuner:
-    trainable = _trainable(mode, cfg, space, index_ref, opts, fn)
+           placement: Placement, fn: Trainable) -> tune.Tuner:
+    trainable = _trainable(mode, cfg, space, index_ref, opts, placement, fn)
     path = opts.experiment_dir / f"tune-{mode}"
     state_callbacks = _state_callbacks(path)
     fs = None if path.is_local else path.fs  # Ray Tune's own storage_filesystem support for URIs
@@ -303,7 +343,7 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.Object
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,
-            search_alg=ConcurrencyLimiter(_searcher(mode, space, opts), max_concurrent=opts.concurrency),
+            search_alg=ConcurrencyLimiter(_searcher(mode, space, opts), max_concurrent=placement.concurrency),
             scheduler=ASHAScheduler(max_t=opts.epochs, grace_period=opts.grace_period, reduction_factor=2,
                                     time_attr="epoch"),  # a restarted trial's training_iteration counts from 1 again
             num_samples=opts.trials,
@@ -378,18 +418,18 @@ def _interrupted(mode: str, opts: SearchOptions) -> bool:
     return len(rows) < opts.trials or any(r["status"] not in SETTLED + ("ERROR",) for r in rows)
 
 
-def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: SearchOptions,
+def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: SearchOptions, placement: Placement,
                trainable: Trainable = train_trial) -> dict[str, Any]:
     """Run (or resume) the search for each mode; return a summary per mode and where things are.
 
-    ``trainable`` is what each trial runs (``train_trial`` unless a caller wraps it).
+    ``placement`` is where trials run (:func:`place_trials`); ``trainable`` is what each trial
+    runs (``train_trial`` unless a caller wraps it).
     """
     exp = opts.experiment_dir
     (exp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (exp / "search.json").write_text(json.dumps(asdict(opts), indent=2))
+    (exp / "search.json").write_text(json.dumps(asdict(opts), indent=2))  # as asked: a resume places anew
     pull_study(exp)
-    check_resources(opts)
-    check_dataset_visible(index, opts)
+    check_dataset_visible(index, opts.cpus_per_trial, placement.gpus_per_trial)
     # The index (names, pairing, sizes; no pixels) goes into the object store once; trials on a
     # node map that one copy zero-copy and read the pixels themselves.
     index_ref = ray.put(index)
@@ -399,7 +439,7 @@ def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: Sear
         controller_log.addFilter(_OneLineTrialFailures())
     try:
         for mode in opts.modes:  # --mode both stops as a whole: an interrupted half ends the search
-            grid = _fit(_tuner(mode, cfg, space, index_ref, opts, trainable), opts)
+            grid = _fit(_tuner(mode, cfg, space, index_ref, opts, placement, trainable), opts)
             _fail_lost_study_trials(mode, grid, opts)
             push_study(opts.experiment_dir)
             _check_disk(mode, opts)

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import ray
+import torch
 from omegaconf import OmegaConf
 from ray import tune
 
@@ -20,11 +21,13 @@ from ..bild import NonFiniteLossError
 from ..checkpoints import CheckpointError, load_checkpoint
 from ..data import PairIndex
 from ..evaluation.inference import set_threads
+from ..hardware import flush_denormals, hide_cuda
 from ..storage import Location, location
 from ..trainer import Trainer
 from .space import SearchSpace, apply_params
 
-__all__ = ["CHECKPOINT_FILE", "NONFINITE_PSNR", "checkpoint_dirname", "train_trial", "trial_dirname"]
+__all__ = ["CHECKPOINT_FILE", "NONFINITE_PSNR", "TrialDeviceError", "checkpoint_dirname", "train_trial", "trial_device",
+           "trial_dirname"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SCORE_FILE = "score.json"
@@ -41,6 +44,29 @@ def trial_dirname(trial_id: str) -> str:
 def checkpoint_dirname(epoch: int) -> str:
     """The folder of the checkpoint taken after ``epoch`` (1-based): ``checkpoint_000000`` after epoch 1."""
     return f"checkpoint_{epoch - 1:06d}"
+
+
+class TrialDeviceError(RuntimeError):
+    """Ray gave the trial a GPU that torch cannot use; the message says so in one line."""
+
+
+def trial_device(gpu_ids: list) -> str:
+    """The device of a trial from Ray's assignment: ``cuda`` when Ray gave it a GPU share, else ``cpu``.
+
+    A trial given no GPU hides the node's GPUs from itself (Ray no longer does), so it never
+    lands on GPU 0 outside Ray's accounting. A trial given a GPU that torch cannot see fails
+    at once instead of training on the CPU.
+    """
+    if not gpu_ids:
+        hide_cuda()
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise TrialDeviceError(
+            f"Ray gave this trial GPU {', '.join(map(str, gpu_ids))} but torch sees no CUDA device (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); install a CUDA build of torch on "
+            "the node, or search with --gpus-per-trial 0"
+        )
+    return "cuda"
 
 
 def _index_is_shared(index: PairIndex) -> bool:
@@ -117,6 +143,10 @@ def train_trial(
     OmegaConf.set_struct(cfg, False)
     cfg.mode = mode
     cfg = apply_params(cfg, config, space)
+    cfg.device = trial_device(ray.get_gpu_ids())
+    # Tune runs this function in a thread of its own: flush denormals before its first parallel op
+    # starts the thread's pool of torch threads, which inherit the flag.
+    flush_denormals()
     # As many threads as the trial's CPUs: trials follow --cpus-per-trial, not the machine.
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
     set_threads(None, cpus=cpus)
@@ -131,6 +161,7 @@ def train_trial(
 
     context = {
         "device": str(trainer.device),
+        "precision": trainer.cfg.train.precision,
         "node_id": ray.get_runtime_context().get_node_id(),
         "store_shared": _index_is_shared(index),
     }
