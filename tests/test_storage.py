@@ -331,19 +331,22 @@ def test_a_two_node_cluster_without_a_shared_disk_puts_every_checkpoint_in_the_b
     port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats"]
-    # Each node's workers need the credentials, as in a real cluster. The test cluster listens on this machine
-    # only and runs without Ray's token (a driver joining by explicit address sends none unless told to).
-    env = {**s3_environ(), "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    # Each node's workers need the credentials, as in a real cluster; every node and the driver (a command
+    # of its own, as a user runs it) use the cluster's token.
+    env = {**s3_environ(), "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token", "BILD_CACHE": str(cache)}
     subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common], check=True,
                    capture_output=True, env=env)
     try:
         subprocess.run(["ray", "start", f"--address={address}", *common], check=True, capture_output=True, env=env)
         runs = s3.uri("runs")
-        summary = search([*TINY, "--storage", runs, "--name", "cluster", "--address", address, "--trials", "2",
-                          "--epochs", "2", "--concurrency", "2", "--cpus-per-trial", "1", "train.steps_per_epoch=15"])
+        done = subprocess.run([sys.executable, "-m", "pipeline.search", *TINY, "--storage", runs, "--name", "cluster",
+                               "--address", address, "--trials", "2", "--epochs", "2", "--concurrency", "2",
+                               "--cpus-per-trial", "1", "train.steps_per_epoch=15"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True)
-    exp = summary["experiment_dir"]
+    exp = str(location(runs) / "cluster")
     epochs, trials = read_table([exp], "epochs"), read_table([exp], "trials")
     assert epochs["node"].n_unique() == 2, "trials should have run on both nodes"
     keys = set(s3.keys("runs/cluster/"))

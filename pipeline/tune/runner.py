@@ -355,8 +355,11 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.Object
             storage_path=opts.experiment_dir.path,
             storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            callbacks=[ParquetResultsCallback(opts.experiment_dir, identity, mode, opts.epochs, space.metric),
-                       *state_callbacks, StudyUploadCallback(opts.experiment_dir)],
+            # The study's copy goes up before the results are written, as a local journal is written first:
+            # a killed driver never leaves a trial finished in the results but running in the study.
+            callbacks=[StudyUploadCallback(opts.experiment_dir),
+                       ParquetResultsCallback(opts.experiment_dir, identity, mode, opts.epochs, space.metric),
+                       *state_callbacks],
             verbose=1,
         ),
     )
