@@ -410,7 +410,8 @@ def _fit(tuner: tune.Tuner, opts: SearchOptions) -> tune.ResultGrid:
 
 def _check_disk(mode: str, opts: SearchOptions) -> None:
     """Trials that failed because the disk was full are not failures of their settings: stop, to resume later."""
-    if any(r["status"] == "ERROR" and "No space left on device" in (r["error"] or "") for r in _trial_rows(opts, mode)):
+    # The trial's error says it as the OS does ("No space left on device") or as pipeline.files does.
+    if any(r["status"] == "ERROR" and "no space left" in (r["error"] or "").lower() for r in _trial_rows(opts, mode)):
         raise DiskFullError(errno.ENOSPC, f"no space left on the device holding {opts.experiment_dir}: the {mode} "
                                           "trials could not save; free some and run the same command again to resume")
 
