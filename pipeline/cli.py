@@ -5,6 +5,7 @@ Command modules (``python -m pipeline.train``, ``search``, ...) hold only their 
 reports a bad input as one ``error:`` line with the same exit codes:
 
     0  done        2  bad input (a flag, file, key or value)        3  training diverged
+    4  a search ran but every trial failed (the most common failure is printed)
     130  interrupted (Ctrl-C or SIGTERM); what finished is kept
 """
 
@@ -20,10 +21,12 @@ from typing import Any
 from .config import group_options
 
 __all__ = [
+    "ALL_FAILED",
     "INTERRUPTED",
     "add_inference_flags",
     "add_init_flag",
     "add_policy_flag",
+    "add_quiet_flag",
     "add_threads_flag",
     "flag_overrides",
     "positive_int",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 INTERRUPTED = 130
+ALL_FAILED = 4
 
 
 def flag_overrides(flags: dict[str, Any], mapping: dict[str, str]) -> list[str]:
@@ -82,8 +86,14 @@ def add_threads_flag(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: the CPUs this process may use, never more)")
 
 
+def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress bars (into a file or pipe they are redrawn every few seconds at most)."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--strategy``, ``--tile``, ``--device``, ``--precision`` and ``--threads``: every CLI that runs a model on images."""
+    """``--model``, ``--strategy``, ``--tile``, ``--device``, ``--precision``, ``--threads`` and ``--quiet``: every
+    CLI that runs a model on images."""
     from .evaluation.inference import STRATEGIES  # torch: only for the commands that run a model
     from .hardware import PRECISIONS
 
@@ -97,6 +107,7 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                         help="autocast of the model: auto (bf16 on a CUDA device that supports it, else fp32) | "
                              "fp32 | bf16 | fp16")
     add_threads_flag(parser)
+    add_quiet_flag(parser)
 
 
 def add_init_flag(parser: argparse.ArgumentParser) -> None:

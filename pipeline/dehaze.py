@@ -3,7 +3,7 @@
     python -m pipeline.dehaze photo.jpg folder/ --model models/ffanet --out dehazed/
     python -m pipeline.dehaze big.JPG --model models/ffanet/v2 --out dehazed/ --strategy resize --tile 1024
 
-A folder stands for its PNG, JPEG and BMP files (any case; not recursive). A file that
+A folder stands for its image files (any format Pillow decodes; not recursive). A file that
 cannot be read or written is reported and skipped; the rest are done
 (``pipeline.evaluation.dehazing``).
 Exit status: 0 all done, 1 some skipped, 2 none done (or bad usage).
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         set_threads(args.threads)
         result = dehaze_paths(args.inputs, args.model, args.out, strategy=args.strategy, tile=args.tile,
-                              device=args.device, precision=args.precision)
+                              device=args.device, precision=args.precision, progress=not args.quiet)
         for path, reason in result["failed"]:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         print(f"dehazed {len(result['done'])} image(s) into {args.out}; skipped {len(result['failed'])}")

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         set_threads(args.threads)
         rows = evaluate(args.model, args.dataset, args.data_root, strategy=args.strategy, tile=args.tile,
-                        max_images=args.max_images, device=args.device, precision=args.precision, progress=True,
-                        out=args.out)
+                        max_images=args.max_images, device=args.device, precision=args.precision,
+                        progress=not args.quiet, out=args.out)
         with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, float_precision=4):
             print(summarize(rows))
         return 0

@@ -40,6 +40,7 @@ from .storage import Location, location
 __all__ = [
     "check_metric",
     "compact_epochs",
+    "epoch_rows",
     "FINISHED",
     "HYPERPARAMS",
     "HYPERPARAM_KEYS",
@@ -123,6 +124,7 @@ TRIAL_SCHEMA = pa.schema(
         *_IDENTITY,
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("resumed_from", pa.string()),  # restarted: damaged checkpoints skipped, the one it went on from
         pa.field("epochs", pa.int32()),
         pa.field("best_epoch", pa.int32()),
         pa.field("best_select_psnr", pa.float64()),
@@ -206,6 +208,11 @@ def _epoch_files(run_dir: str | os.PathLike | Location) -> list[Location]:
     for f in (results_dir(run_dir) / "epochs").files():
         by_trial.setdefault(f.parent.name, []).append(f)
     return [f for trial_files in by_trial.values() for f in _current_epoch_files(trial_files)[0]]
+
+
+def epoch_rows(run_dir: str | os.PathLike | Location) -> list[dict[str, Any]]:
+    """Every epoch row of one experiment, each once (compacted or not), as dicts; none if there are none."""
+    return [row for f in _epoch_files(run_dir) if f.name.endswith(".parquet") for row in _read_parquet(f).to_dicts()]
 
 
 def compact_epochs(experiment_dir: str | os.PathLike | Location, trial_id: str) -> Location | None:

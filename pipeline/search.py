@@ -20,8 +20,8 @@ import sys
 from typing import Any
 
 from .backbones import list_backbones
-from .cli import add_init_flag, add_policy_flag, flag_overrides, positive_int, run_command
-from .tune.experiment import MODES, SearchRequest, format_summary, run_experiment
+from .cli import ALL_FAILED, add_init_flag, add_policy_flag, flag_overrides, positive_int, run_command
+from .tune.experiment import MODES, SearchRequest, failed_search, format_summary, run_experiment
 from .tune.runner import Trainable
 from .tune.trainable import train_trial
 
@@ -112,9 +112,16 @@ def search(argv: list[str], trainable: Trainable = train_trial) -> dict[str, Any
     return run_experiment(_request(_parser().parse_intermixed_args(argv)), trainable)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, trainable: Trainable = train_trial) -> int:
+    """The command line; exit 1 when every trial failed (the summary and the most common failure are printed)."""
+
     def body() -> int:
-        print(format_summary(search(sys.argv[1:] if argv is None else argv)))
+        summary = search(sys.argv[1:] if argv is None else argv, trainable)
+        print(format_summary(summary))
+        failure = failed_search(summary)
+        if failure:
+            print(f"error: {failure}", file=sys.stderr)
+            return ALL_FAILED
         return 0
 
     return run_command(body)

@@ -14,9 +14,9 @@ import argparse
 import sys
 
 from .bild import NonFiniteLossError
-from .cli import add_init_flag, add_policy_flag, add_threads_flag, flag_overrides, run_command
+from .cli import add_init_flag, add_policy_flag, add_quiet_flag, add_threads_flag, flag_overrides, run_command
 from .config import compose_config
-from .trainer import train
+from .trainer import TrainingOutOfMemoryError, train
 
 __all__ = ["TRAIN_FLAGS", "main"]
 
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", help="aodnet | dehazenet | ffanet | griddehazenet | msbdn")
     p.add_argument("--preset", help="size preset: paper | small | tiny")
-    p.add_argument("--dataset", help="descriptor in datasets/ (builtin, sots-indoor, o-haze, ...)")
+    p.add_argument("--dataset", help="descriptor in datasets/ (builtin, auto, sots-indoor, o-haze, ...)")
     p.add_argument("--data-root", help="folder holding the dataset in its native layout")
     p.add_argument("--crop", type=int, help="training crop size in pixels")
     p.add_argument("--mode", choices=["plain", "bild", "bild-train"])
@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-batch-size", type=int, help="m, validation crops per step")
     add_threads_flag(p)
     add_init_flag(p)
+    add_quiet_flag(p)
     p.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint.pt")
     p.add_argument("overrides", nargs="*", help="Hydra key=value overrides, e.g. train.steps_per_epoch=20")
     return p
@@ -78,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         try:
-            train(compose_config(flag_overrides(vars(args), TRAIN_FLAGS) + args.overrides), resume=args.resume)
+            quiet = ["progress=false"] if args.quiet else []
+            train(compose_config(flag_overrides(vars(args), TRAIN_FLAGS) + quiet + args.overrides), resume=args.resume)
         except NonFiniteLossError as err:
             print(f"error: training diverged, {err}. The last good epoch's checkpoint is kept.", file=sys.stderr)
             return 3
         return 0
 
-    return run_command(body)
+    return run_command(body, errors=(ValueError, OSError, TrainingOutOfMemoryError))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from tqdm import tqdm
 
 from .backbones import backbone_kwargs, build_from_kwargs
 from .bild import AlignmentFn, BildConfig, BildNets, CropBatch, NonFiniteLossError, StepStats, bild_step, build_reweighter
@@ -45,10 +44,12 @@ from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .evaluation.references import hazy_reference
 from .hardware import allow_tf32, cudnn_autotune, grad_scaler, resolve_precision
 from .models.store import init_weights
+from .progress import progress_bar
 from .storage import location
 
-__all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "bild_config", "check_training_config",
-           "check_value", "for_device", "format_epoch", "load_index", "train"]
+__all__ = ["STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "TrainingOutOfMemoryError", "bild_config",
+           "check_memory", "check_training_config", "check_value", "for_device", "format_epoch", "load_index",
+           "step_bytes", "train"]
 
 StepCallback = Callable[[CropBatch, StepStats], None]
 STEP_STATS = ("loss", "crop_loss", "val_loss", "reward_mean", "reward_std", "align_mean", "weight_entropy", "ess", "max_weight")
@@ -65,6 +66,7 @@ TRAINING_BOUNDS: dict[str, tuple[type, float, float, bool]] = {
     "train.outer_lr": (float, 0, 1, True),
     "train.val_fraction": (float, 0, 1, False),
     "bild.alpha": (float, 0, math.inf, False),
+    "bild.mix": (float, 0, 1, True),
     "dataset.crop": (int, 1, math.inf, False),
 }
 
@@ -75,7 +77,7 @@ def check_value(key: str, value: Any) -> None:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int and number and float(value).is_integer():
         value = int(value)
-    low_closed = kind is int or key in ("train.val_fraction", "bild.alpha")  # 0 allowed for these two
+    low_closed = kind is int or key in ("train.val_fraction", "bild.alpha", "bild.mix")  # 0 allowed for these
     fits = number and (kind is float or isinstance(value, int)) and math.isfinite(value)
     fits = fits and (value >= low if low_closed else value > low)
     fits = fits and (value <= high if closed else value < high)
@@ -93,6 +95,50 @@ def check_training_config(cfg: DictConfig) -> None:
     if cfg.mode == "bild" and cfg.train.val_fraction == 0:
         raise ConfigError("train.val_fraction=0 (--val-fraction): mode bild holds out part of the train pool to "
                           "drive the outer loop; expected a fraction in (0, 1), or --mode bild-train or plain")
+
+
+class TrainingOutOfMemoryError(MemoryError):
+    """A step needed more memory than the device or machine has; the message gives the sizes it tried."""
+
+
+def _sizes(cfg: DictConfig) -> str:
+    tr = cfg.train
+    return (f"train.batch_size={tr.batch_size}, train.val_batch_size={tr.val_batch_size}, "
+            f"dataset.crop={cfg.dataset.crop}, backbone {cfg.backbone.name} ({cfg.backbone.preset})")
+
+
+def step_bytes(cfg: DictConfig) -> int:
+    """A lower bound on the memory one training step's crops take, before any network activation.
+
+    Each crop is a hazy and a clear S x S x 3 image: uint8 in every loader worker's two prefetched
+    steps (and the one in hand), float32 in the training process. Activations come on top (several
+    times more for the larger backbones), so a step over this bound can never fit.
+    """
+    tr = cfg.train
+    crops = tr.batch_size + (tr.val_batch_size if cfg.mode != "plain" else 0)
+    per_crop = 2 * 3 * cfg.dataset.crop ** 2
+    return crops * per_crop * (4 + 2 * tr.loader_workers + 1)
+
+
+def machine_bytes() -> int:
+    """The physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg: DictConfig) -> None:
+    """Refuse a batch and crop whose crops alone cannot fit in this machine's memory (see :func:`step_bytes`)."""
+    need, have = step_bytes(cfg), machine_bytes()
+    if need > have:
+        raise ConfigError(f"out of memory before the first step: {_sizes(cfg)} needs at least "
+                          f"{need / 2**30:.1f} GiB for one step's crops alone, and this machine has "
+                          f"{have / 2**30:.1f} GiB; expected a smaller train.batch_size (--batch-size) or dataset.crop")
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is memory running out: torch's OOM, Python's, or a loader worker the kernel killed."""
+    text = str(err)
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "DataLoader worker" in text and ("Killed" in text or "exited" in text))
 
 
 def load_index(cfg: DictConfig) -> PairIndex:
@@ -152,6 +198,7 @@ class Trainer:
         ``pipeline.bild.step.AlignmentFn``).
         """
         check_training_config(cfg)
+        check_memory(cfg)
         self.device = resolve_device(cfg.device)
         self.cfg = cfg = for_device(cfg, self.device)
         if self.device.type == "cuda":
@@ -280,17 +327,24 @@ class Trainer:
         crops = self._crop_loader().crops(plan)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        bar = tqdm(range(steps), desc=f"epoch {self.epoch + 1}", leave=False, disable=not progress)
+        bar = progress_bar(range(steps), enabled=progress, desc=f"epoch {self.epoch + 1}", leave=False)
         for k in bar:
             waited = time.perf_counter()
-            item = next(crops)
-            sums["ms_data"] += 1000 * (time.perf_counter() - waited)
             step_cfg = self.warmup_cfg if self.step < warmup else self.bild_cfg
             try:
+                item = next(crops)
+                sums["ms_data"] += 1000 * (time.perf_counter() - waited)
                 batch = self._batch(plan[k], item)
                 stats = bild_step(batch, self.nets, step_cfg, alignment=self.alignment)
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"epoch {self.epoch + 1}, step {self.step + 1}: {err}") from err
+            except (RuntimeError, MemoryError) as err:
+                if not _out_of_memory(err):
+                    raise
+                raise TrainingOutOfMemoryError(
+                    f"out of memory at epoch {self.epoch + 1}, step {self.step + 1} on {self.device}: tried "
+                    f"{_sizes(self.cfg)} ({str(err).strip().splitlines()[0]}); expected a smaller train.batch_size "
+                    "or dataset.crop") from err
             self.step += 1
             if on_step is not None:
                 on_step(batch, stats)
@@ -301,7 +355,7 @@ class Trainer:
                     counts[key] += 1
             for stage, seconds in stats.times.items():
                 sums[f"ms_{stage}"] = sums.get(f"ms_{stage}", 0.0) + 1000 * seconds
-            bar.set_postfix(loss=f"{stats.loss:.4f}")
+            bar.set_postfix(loss=f"{stats.loss:.4f}", refresh=False)  # drawn at the bar's own pace
         self.epoch += 1
         metrics = {key: sums[key] / counts[key] if counts[key] else math.nan for key in STEP_STATS}
         metrics.update({key: value / steps for key, value in sums.items() if key.startswith("ms_")})

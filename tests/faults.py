@@ -74,3 +74,28 @@ def nan_at_epoch(epoch: int) -> Callable[..., None]:
                 next(trainer.backbone.parameters()).fill_(math.nan)
 
     return _patched("train_epoch", poison)
+
+
+
+def cuts_checkpoint_then_dies_at_epoch(epoch: int) -> Callable[..., None]:
+    """Each trial's newest checkpoint (epoch ``epoch``) is cut to half its bytes, then its actor is SIGKILLed once:
+    what a crash mid-write on a filesystem without atomic renames, or a full disk, leaves behind."""
+
+    def trial(config: dict[str, Any], **kwargs: Any) -> None:
+        marker_dir = Path(tune.get_context().get_trial_dir())
+        original = Trainer.save
+
+        def save(self: Trainer, path: Path, *args: Any, **kw: Any) -> Any:
+            out = original(self, path, *args, **kw)
+            if self.epoch == epoch and not (marker_dir / ".crashed_once").exists():
+                Path(path).write_bytes(Path(path).read_bytes()[: Path(path).stat().st_size // 2])
+                _kill_once(marker_dir)
+            return out
+
+        Trainer.save = save  # actors are reused: put it back whatever happens
+        try:
+            train_trial(config, **kwargs)
+        finally:
+            Trainer.save = original
+
+    return trial

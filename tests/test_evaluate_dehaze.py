@@ -237,16 +237,19 @@ def test_dehaze_paths_reports_each_failure(model_dir: Path, tmp_path: Path) -> N
     folder = tmp_path / "in"
     write_image(folder / "a.png", (40, 30))
     write_image(folder / "b.JPEG", (30, 40))
-    (folder / "notes.txt").write_text("ignored: not an image name")
-    (tmp_path / "c.gif").write_bytes(b"GIF89a")
-    result = dehazing.dehaze_paths([folder, tmp_path / "missing.png", tmp_path / "c.gif"], model_dir,
-                                 tmp_path / "out", device="cpu", progress=False)
+    (folder / "notes.txt").write_text("reported: not an image name")
+    (tmp_path / "c.heic").write_bytes(b"\0\0\0\x18ftypheic")  # a format this Pillow does not read
+    (tmp_path / "d.gif").write_bytes(b"GIF89a")  # a readable format, cut short
+    result = dehazing.dehaze_paths([folder, tmp_path / "missing.png", tmp_path / "c.heic", tmp_path / "d.gif"],
+                                   model_dir, tmp_path / "out", device="cpu", progress=False)
     assert sorted(Path(p).name for p in result["done"]) == ["a.png", "b.JPEG"]
     reasons = dict(result["failed"])
     assert "does not exist" in reasons[str(tmp_path / "missing.png")]
-    assert "not an image file name" in reasons[str(tmp_path / "c.gif")]
+    assert "not an image file name" in reasons[str(tmp_path / "c.heic")]
+    assert "cannot" in reasons[str(tmp_path / "d.gif")]
+    assert ".txt is not an image" in reasons[str(folder / "notes.txt")]  # a folder's other files are named too
     again = dehazing.dehaze_paths([folder], model_dir, folder, device="cpu", progress=False)
-    assert not again["done"] and all("overwrite the input" in r for _, r in again["failed"])
+    assert not again["done"] and all("overwrite the input" in r for p, r in again["failed"] if not p.endswith(".txt"))
 
 
 def test_dehaze_exit_codes(model_dir: Path, tmp_path: Path) -> None:

@@ -357,7 +357,7 @@ def test_init_first_step_loss_is_the_init_models_loss(imported_aodnet: Path, mod
     model, _ = load_model(imported_aodnet)
     with torch.no_grad():
         assert abs(per_crop_l1(model(hazy), clear).mean().item() - loss) < 1e-6
-    assert cfg.train.init_sha256 == file_sha256(imported_aodnet / "model.safetensors")
+    assert trainer.cfg.train.init_sha256 == file_sha256(imported_aodnet / "model.safetensors")
 
 
 def test_train_init_records_the_model_and_refuses_another_preset(imported_aodnet: Path, tmp_path: Path,

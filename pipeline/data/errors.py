@@ -34,7 +34,7 @@ class UnmatchedFileError(DataError):
 
 
 class UnreadableImageError(DataError):
-    """A file that cannot be decoded as a PNG, JPEG or BMP image."""
+    """A file that cannot be decoded as an image Pillow reads."""
 
 
 class MissingGroundTruthError(DataError):

@@ -9,10 +9,24 @@ from PIL import ExifTags, Image, ImageOps
 
 from .errors import UnreadableImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "decode_image", "header_size", "fitted_size", "fit_max_side"]
+__all__ = ["FORMATS_READ", "IMAGE_EXTENSIONS", "is_image_file", "decode_image", "header_size", "fitted_size",
+           "fit_max_side", "skip_reason"]
+
+# Formats Pillow recognises by extension but cannot decode by itself (stubs needing a handler, Ghostscript,
+# Windows, or a video decoder): their files are reported as skipped, not read.
+_UNDECODABLE = ("BUFR", "GRIB", "HDF5", "EPS", "MPEG", "WMF")
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    """Every file extension this Pillow opens and decodes: PNG, JPEG, BMP, WebP, TIFF, GIF (first frame), ..."""
+    Image.init()
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items()
+                        if fmt in Image.OPEN and fmt not in _UNDECODABLE))
+
 
 # Compared lower-cased: benchmarks and phone photos ship ".JPG", ".Png" and the like.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = _readable_extensions()
+FORMATS_READ = "an image Pillow decodes (PNG, JPEG, BMP, WebP, TIFF, GIF's first frame, ...)"
 
 _UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # EXIF orientations that store the picture turned by 90 degrees: decode_image swaps its sides.
@@ -20,8 +34,16 @@ _SIDEWAYS = (5, 6, 7, 8)
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a visible file with a PNG, JPEG or BMP extension (any case)."""
+    """True for a visible file with an extension of a format Pillow decodes (any case)."""
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def skip_reason(path: Path) -> str | None:
+    """Why a visible file in an image folder is not read (None for an image, a hidden file or a folder)."""
+    if path.name.startswith(".") or not path.is_file() or is_image_file(path):
+        return None
+    suffix = path.suffix.lower() or "no extension"
+    return f"{suffix} is not {FORMATS_READ}"
 
 
 # Pillow's integer modes wider than 8 bits: 16-bit grayscale PNGs open as one of these.
@@ -47,7 +69,10 @@ def _to_rgb8(im: Image.Image, path: Path) -> np.ndarray:
 
 
 def decode_image(path: Path) -> np.ndarray:
-    """Decode `path` fully into uint8 HxWx3 RGB; grayscale (8 or 16 bit), palette and RGBA become RGB (alpha dropped)."""
+    """Decode `path` fully into uint8 HxWx3 RGB; grayscale (8 or 16 bit), palette and RGBA become RGB (alpha dropped).
+
+    A multi-frame file (an animated GIF or WebP, a TIFF stack) gives its first frame.
+    """
     try:
         with Image.open(path) as im:
             # exif_transpose: phone photos are stored sideways with an orientation tag.
@@ -57,7 +82,7 @@ def decode_image(path: Path) -> np.ndarray:
         raise
     except _UNREADABLE as err:
         raise UnreadableImageError(
-            f"cannot decode {path}: {err}; expected a PNG, JPEG or BMP image"
+            f"cannot decode {path}: {err}; expected {FORMATS_READ}"
         ) from err
 
 
@@ -75,7 +100,7 @@ def header_size(path: Path) -> tuple[int, int]:
             orientation = Image.Image.getexif(im).get(ExifTags.Base.Orientation, 1)
     except _UNREADABLE as err:
         raise UnreadableImageError(
-            f"cannot read the header of {path}: {err}; expected a PNG, JPEG or BMP image"
+            f"cannot read the header of {path}: {err}; expected {FORMATS_READ}"
         ) from err
     return (w, h) if orientation in _SIDEWAYS else (h, w)
 

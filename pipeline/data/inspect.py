@@ -16,8 +16,9 @@ def inspect_dataset(root: str | Path, layout: str = "auto") -> dict[str, Any]:
     """Decode every file of `root` and summarise it.
 
     Returns `root`, `layout`, `pairs` and `scenes` (usable ones), `clear_images`,
-    `sizes` (count of hazy images per "WxH") and `problems` (one message per bad
-    file: unreadable, no ground truth, size mismatch, name fitting no pattern).
+    `sizes` (count of hazy images per "WxH"), `problems` (one message per bad
+    file: unreadable, no ground truth, size mismatch, name fitting no pattern) and
+    `skipped` (files left out as not images, each with the reason).
     Raises `DataError` only when there is nothing to inspect: missing or empty
     folders, an unknown layout, or names that fit no layout.
     """
@@ -43,6 +44,8 @@ def inspect_dataset(root: str | Path, layout: str = "auto") -> dict[str, Any]:
         "sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
         # An unreadable clear image fails every pair sharing it with the same message: say it once.
         "problems": list(dict.fromkeys(problems)),
+        # Visible files that are not images Pillow decodes: left out, and said so.
+        "skipped": listing.skipped,
     }
 
 
@@ -57,4 +60,6 @@ def format_report(report: dict[str, Any]) -> str:
         f"problems  {len(report['problems']) or 'none'}",
     ]
     lines += [f"  - {p}" for p in report["problems"]]
+    lines.append(f"skipped   {len(report['skipped']) or 'none'}")
+    lines += [f"  - {s}" for s in report["skipped"]]
     return "\n".join(lines)

@@ -3,7 +3,9 @@
 Each layout is data (a `Layout` row): a pattern for the hazy file stem with a
 `scene` group, and the stem of that scene's clear image. Every layout lives in a
 root folder with a `hazy/` subfolder and a `clear/` or `GT/` subfolder (any case);
-files may be PNG, JPEG or BMP with extensions of any case.
+files may be in any format Pillow decodes (PNG, JPEG, BMP, WebP, TIFF, the first frame
+of a GIF, ...) with extensions of any case. Other visible files are skipped and listed
+(`Listing.skipped`), never dropped in silence.
 
 | layout | hazy | clear |
 |---|---|---|
@@ -39,7 +41,7 @@ from .errors import (
     UnknownLayoutError,
     UnmatchedFileError,
 )
-from .images import IMAGE_EXTENSIONS, decode_image, fit_max_side, is_image_file
+from .images import FORMATS_READ, decode_image, fit_max_side, is_image_file, skip_reason
 from .index import PairIndex, PairRef, index_pairs
 
 __all__ = [
@@ -111,6 +113,7 @@ class Listing:
     layout: str
     pairs: list[PairRef]
     problems: list[DataError]
+    skipped: list[str]  # "<file>: skipped, <why>" for visible files that are not images Pillow decodes
 
 
 @dataclass
@@ -150,19 +153,31 @@ def _subfolder(root: Path, names: tuple[str, ...]) -> Path:
 def _images(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
-        raise MissingFolderError(f"{folder} holds no images; expected files ending in {', '.join(IMAGE_EXTENSIONS)}")
+        raise MissingFolderError(f"{folder} holds no images; expected files that are {FORMATS_READ}")
     return files
 
 
-def _folders(root: str | Path) -> tuple[Path, list[Path], list[Path]]:
-    """(root, hazy files, clear files); raises when the folders are missing or empty."""
-    root = Path(root)
+def _skipped(*folders: Path) -> list[str]:
+    """Why each visible non-image file in ``folders`` is left out."""
+    return [f"{p}: skipped, {reason}" for folder in folders for p in sorted(folder.iterdir())
+            if (reason := skip_reason(p))]
+
+
+def _check_root(root: Path, what: str = "dataset folder") -> None:
+    """Refuse a path that is missing, or a file where a folder is expected, saying which."""
+    expected = "expected a folder with 'hazy' and 'clear' (or 'GT') subfolders"
+    if root.exists() and not root.is_dir():
+        raise MissingFolderError(f"{what} {root} is a file, not a folder; {expected}")
     if not root.is_dir():
-        raise MissingFolderError(
-            f"dataset folder {root} does not exist; expected a folder with 'hazy' and 'clear' (or 'GT') subfolders"
-        )
+        raise MissingFolderError(f"{what} {root} does not exist; {expected}")
+
+
+def _folders(root: str | Path) -> tuple[Path, list[Path], list[Path], list[str]]:
+    """(root, hazy files, clear files, skipped files); raises when the folders are missing or empty."""
+    root = Path(root)
+    _check_root(root)
     hazy_dir, clear_dir = _subfolder(root, _HAZY_DIRS), _subfolder(root, _CLEAR_DIRS)
-    return root, _images(hazy_dir), _images(clear_dir)
+    return root, _images(hazy_dir), _images(clear_dir), _skipped(hazy_dir, clear_dir)
 
 
 def _clear_index(files: list[Path]) -> dict[str, list[Path]]:
@@ -196,7 +211,7 @@ def _score(spec: Layout, hazy: list[Path], clear: dict[str, list[Path]]) -> tupl
 
 def detect_layout(root: str | Path) -> str:
     """The layout whose names fit the files in `root` best (ties go to the earlier of `LAYOUTS`)."""
-    _, hazy, clear = _folders(root)
+    _, hazy, clear, _ = _folders(root)
     index = _clear_index(clear)
     scores = [(_score(spec, hazy, index), -i, spec.name) for i, spec in enumerate(_SPECS)]
     best_score, _, name = max(scores)
@@ -212,7 +227,7 @@ def list_pairs(root: str | Path, layout: str = "auto") -> Listing:
     """Pair the hazy and clear files of `root` by `layout` ("auto": `detect_layout`), decoding nothing."""
     name = detect_layout(root) if layout == "auto" else get_layout(layout).name
     spec = _BY_NAME[name]
-    root, hazy, clear = _folders(root)
+    root, hazy, clear, skipped = _folders(root)
     index = _clear_index(clear)
     pairs: list[PairRef] = []
     problems: list[DataError] = []
@@ -227,7 +242,7 @@ def list_pairs(root: str | Path, layout: str = "auto") -> Listing:
         elif not candidates:
             problems.append(MissingGroundTruthError(
                 f"{h}: no ground truth for scene {scene!r}; expected {clear[0].parent / spec.clear_stem(scene)}"
-                f" with extension {', '.join(IMAGE_EXTENSIONS)}"
+                f" as {FORMATS_READ}"
             ))
         else:
             problems.append(UnmatchedFileError(
@@ -235,7 +250,7 @@ def list_pairs(root: str | Path, layout: str = "auto") -> Listing:
             ))
     # Grouping by scene keeps the pairs sharing a clear image together (see load_pairs).
     pairs.sort(key=lambda p: (p.scene, p.hazy.name))
-    return Listing(root, name, pairs, problems)
+    return Listing(root, name, pairs, problems, skipped)
 
 
 def load_pairs(pairs: list[PairRef], max_side: int | None = None) -> Iterator[LoadedPair | DataError]:
@@ -279,6 +294,9 @@ def read_index(
     `cache_dir` is the decoded-image cache (pipeline.data.decoded).
     """
     listing = list_pairs(root, layout)
+    if listing.skipped:
+        warnings.warn(f"left out {len(listing.skipped)} file(s) of {listing.root}: {'; '.join(listing.skipped)}",
+                      stacklevel=2)
     if listing.problems and not skip_bad:
         raise listing.problems[0]
     index, bad = index_pairs(listing.root, listing.pairs, name=listing.root.resolve().name, layout=listing.layout,

@@ -26,5 +26,5 @@ def load_dataset(
     if layout == "builtin":
         return load_builtin(root, decoded_cache=decoded_cache)
     if root is None:
-        raise DataError(f"layout {layout!r} reads a folder; expected a dataset root, got none")
+        raise DataError(f"layout {layout!r} reads a folder; expected a dataset root (--data-root DIR), got none")
     return read_index(root, layout, skip_bad=skip_bad, max_side=max_side, cache_dir=decoded_cache)

@@ -1,8 +1,10 @@
 """Dehazing image files of any size with a trained or promoted model.
 
-A folder stands for its PNG, JPEG and BMP files (any case; not recursive). Each output
-keeps its input's name and format under --out (JPEG at quality 95). A file that cannot be
-read or written is reported on stderr and skipped; the rest are done.
+A folder stands for its image files of any format Pillow decodes (any case; not recursive;
+a GIF's first frame); its other visible files are reported as skipped. Each output keeps its
+input's name and format under --out (JPEG at quality 95; a format Pillow cannot write becomes
+``<name>.png``). A file that cannot be read or written is reported on stderr and skipped; the
+rest are done.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ..data import DataError
-from ..data.images import IMAGE_EXTENSIONS, decode_image, is_image_file
+from ..data.images import FORMATS_READ, decode_image, is_image_file, skip_reason
 from ..files import atomic_write
 from ..hardware import resolve_precision
 from ..models import load_model
+from ..progress import progress_bar
 from .inference import STRATEGIES, dehaze_image, resolve_device
 
 __all__ = ["collect_inputs", "dehaze_paths"]
@@ -34,14 +36,22 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
     failed: list[tuple[str, str]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if is_image_file(p))
+            listed = sorted(item.iterdir())
+            files += [p for p in listed if is_image_file(p)]
+            failed += [(str(p), reason) for p in listed if (reason := skip_reason(p))]
         elif not item.exists():
             failed.append((str(item), "does not exist"))
-        elif item.suffix.lower() not in IMAGE_EXTENSIONS:
-            failed.append((str(item), f"not an image file name; expected one ending in {', '.join(IMAGE_EXTENSIONS)}"))
+        elif not is_image_file(item):
+            failed.append((str(item), f"not an image file name; expected {FORMATS_READ}"))
         else:
             files.append(item)
     return files, failed
+
+
+def _output_path(path: Path) -> Path:
+    """Where an input's result goes: its own name, or ``<name>.png`` for a format Pillow reads but cannot write."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    return path if fmt in Image.SAVE else path.with_name(path.name + ".png")
 
 
 def _save(image: np.ndarray, path: Path) -> None:
@@ -52,7 +62,7 @@ def _save(image: np.ndarray, path: Path) -> None:
 
 
 def _target(src: Path, out_dir: Path, taken: dict[Path, Path]) -> Path:
-    dst = out_dir / src.name
+    dst = _output_path(out_dir / src.name)
     if dst.resolve() == src.resolve():
         raise ValueError(f"writing {dst} would overwrite the input; choose another --out")
     if dst in taken:
@@ -86,7 +96,7 @@ def dehaze_paths(
     files, failed = collect_inputs(inputs)
     done: list[str] = []
     taken: dict[Path, Path] = {}
-    for src in tqdm(files, desc="dehaze", unit="img", disable=not progress):
+    for src in progress_bar(files, enabled=progress, desc="dehaze", unit="img"):
         try:
             dst = _target(src, out, taken)
             _save(dehaze_image(model, decode_image(src), dev, strategy=strategy, tile=tile, precision=precision), dst)

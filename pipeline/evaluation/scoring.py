@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from tqdm import tqdm
 
 from ..data import PairIndex, read_index, to_tensor
 from ..files import atomic_write
 from ..hardware import resolve_precision
 from ..models import load_model, model_label, resolve_model_file
+from ..progress import progress_bar
 from .baselines import dark_channel_prior
 from .inference import STRATEGIES, dehaze_tensor, resolve_device
 from .metrics import psnr, ssim
@@ -178,7 +178,7 @@ def evaluate(
     picks = _spread(len(index), max_images)
     done = rows.scored(label)
     todo = [i for i in picks if str(index.hazy_path(i)) not in done]
-    bar = tqdm(total=len(todo), desc=f"evaluate {label}", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), enabled=progress, desc=f"evaluate {label}", unit="img")
     for start in range(0, len(todo), PART_IMAGES):
         part, new_refs = [], []
         for i in todo[start:start + PART_IMAGES]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ class ParquetResultsCallback(Callback):
                 **self._trial_identity(trial),
                 "status": "RUNNING",
                 "error": None,
+                "resumed_from": None,
                 "epochs": 0,
                 "best_epoch": None,
                 "best_select_psnr": None,
@@ -103,6 +105,7 @@ class ParquetResultsCallback(Callback):
         if result.get("settled"):  # a finished trial telling Tune again what the records hold: nothing new
             return
         row = self._trial_row(trial)
+        self._note_resume(row, result)
         if result.get("resumed") and result["epoch"] <= row["epochs"]:  # a restarted trial's last epoch, recorded
             return
         ckpt = result.get("checkpoint_path") or None
@@ -137,6 +140,13 @@ class ParquetResultsCallback(Callback):
         if result.get("nonfinite"):
             changes.update(status="NONFINITE", error=result["nonfinite"])
         self._save(row, **changes)
+
+    def _note_resume(self, row: dict[str, Any], result: dict) -> None:
+        """A restarted trial's note (damaged checkpoints skipped, what it resumed from): logged once, and in its row."""
+        note = result.get("resumed_from")
+        if note and note != row.get("resumed_from"):
+            print(f"trial {row['trial_id']}: {note}", file=sys.stderr, flush=True)
+            self._save(row, resumed_from=note)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._trial_row(trial)

@@ -15,6 +15,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import shlex
 import socket
 from collections.abc import Iterator
@@ -36,8 +37,8 @@ from .runner import SearchInterrupted, SearchOptions, Trainable, place_trials, r
 from .space import SearchSpace, load_search_space, space_from_dict
 from .trainable import train_trial
 
-__all__ = ["MODES", "ExperimentBusyError", "SearchRequest", "experiment_lock", "format_summary", "prepare",
-           "run_experiment"]
+__all__ = ["MODES", "ExperimentBusyError", "SearchRequest", "check_experiment_name", "experiment_folder",
+           "experiment_lock", "failed_search", "format_summary", "prepare", "run_experiment"]
 
 MODES = ("bild", "plain", "both", "bild-train")
 
@@ -111,9 +112,36 @@ def _space(req: SearchRequest, cfg: DictConfig) -> SearchSpace:
     return load_search_space(str(own) if own.exists() else "default", cfg)
 
 
+# One path component of a portable file name: no separators, no "..", nothing a shell must quote.
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def check_experiment_name(name: str) -> None:
+    """Refuse a ``--name`` that is not one plain folder name (``../x``, ``.``, ``/tmp/x``, ``a b``)."""
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        _fail("--name", f"got {name!r}; expected one folder name of at most 100 letters, digits, '.', '_' or '-' "
+                        "(not '.' or '..')")
+
+
+def experiment_folder(storage: str, name: str) -> Location:
+    """``storage/name``, resolved, refused unless it lies directly inside ``storage`` (a symlink may not lead out).
+
+    On object storage there are no links: the name alone (``check_experiment_name``) keeps it inside.
+    """
+    root = location(storage, "--storage")
+    if not root.is_local:
+        return root / name
+    folder = (root.local / name).resolve()
+    if folder.parent != root.local:
+        _fail("--name", f"{Path(storage) / name} leads to {folder}, outside --storage {root}; expected a folder "
+                        "inside it (remove the link or choose another --name)")
+    return location(folder)
+
+
 def _experiment_name(req: SearchRequest) -> str:
     prefix = f"{req.backbone or 'msbdn'}-{req.mode or 'bild'}"
     if req.name:
+        check_experiment_name(req.name)
         return req.name
     if req.resume:  # the names end in their start time, so the last in order is the newest
         earlier = sorted(c.name for c in location(req.storage, "--storage").children() if c.name.startswith(f"{prefix}-"))
@@ -187,7 +215,7 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairIndex, Sea
     _check_backbone(req)
     _check_numbers(req)
     name = _experiment_name(req)
-    folder = location(req.storage, "--storage") / name
+    folder = experiment_folder(req.storage, name)
     if (folder / "search.json").is_file():
         cfg, space, opts = _saved_experiment(folder)
         _check_resume_matches(req, cfg, opts)
@@ -277,9 +305,22 @@ def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> di
     return summary
 
 
+def failed_search(summary: dict[str, Any]) -> str | None:
+    """One line when no trial of the search succeeded (every one errored or diverged), else None."""
+    modes = summary["modes"]
+    if any(m["trials"] == 0 or m["errors"] < m["trials"] for m in modes):
+        return None
+    common = max((m["common_error"] for m in modes), key=lambda c: c["trials"])
+    total = sum(m["trials"] for m in modes)
+    return (f"all {total} trials failed; the most common failure ({common['trials']} of {total}): {common['error']} "
+            f"(every trial's error: the error column of {summary['results']}/trials)")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The search's outcome for the terminal: per mode the trial count and the best trial."""
-    lines = ["", "== search finished =="]
+    lines = ["", "== search finished ==",
+             "(ranked by each trial's best epoch, whose checkpoint is kept; Ray Tune's status table above ranks "
+             "by the last epoch reported, so its 'current best trial' can differ)"]
     for mode in summary["modes"]:
         lines.append(f"[{mode['mode']}] {mode['trials']} trials, {mode['errors']} failed")
         best = mode.get("best")

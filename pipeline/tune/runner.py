@@ -16,20 +16,25 @@ Experiment folder (``<storage>/<name>/``, on a local disk or in an object store,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import math
 import os
 import signal
+import socket
+import time
 import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
+from ray._private import ray_constants
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -44,6 +49,7 @@ from ..results import FINISHED, HYPERPARAM_KEYS, read_rows, results_dir
 from ..storage import Location, location
 from ..studies import pull_study, push_study, study_name, study_storage
 from .callback import ParquetResultsCallback, StudyUploadCallback
+from .journal import JournalBackupCallback, create_study, recover_journal
 from .space import SearchSpace, make_sampler
 from .state import StateBackupCallback, restore_state_backup
 from .trainable import train_trial, trial_dirname
@@ -89,18 +95,90 @@ class RayUnavailableError(OSError):
     """Ray could not be started or reached; the message says which address."""
 
 
+# How long --address may take to answer before the search gives up, and how often it is tried.
+ADDRESS_TIMEOUT_S = 5.0
+ADDRESS_TRIES = 3
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``HOST:PORT`` or ``ray://HOST:PORT``; None for ``auto`` or anything else Ray resolves itself."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe_address(address: str) -> None:
+    """Refuse within seconds an ``--address`` where nothing answers, instead of Ray's minutes of retries.
+
+    A TCP connection to the address is tried ``ADDRESS_TRIES`` times, ``ADDRESS_TIMEOUT_S`` each at
+    most (so a head node that is briefly busy still gets its chance); ``auto`` is left to Ray, which
+    fails at once when it finds no cluster.
+    """
+    target = _host_port(address)
+    if target is None:
+        return
+    reason = ""
+    for attempt in range(ADDRESS_TRIES):
+        try:
+            with socket.create_connection(target, timeout=ADDRESS_TIMEOUT_S):
+                return
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+        if attempt + 1 < ADDRESS_TRIES:
+            time.sleep(1.0)
+    raise RayUnavailableError(
+        f"--address {address}: no Ray cluster answers there (tried a TCP connection to {target[0]}:{target[1]} "
+        f"{ADDRESS_TRIES} times over {ADDRESS_TRIES * (ADDRESS_TIMEOUT_S + 1):.0f} s at most: {reason}); "
+        "expected the head node's HOST:PORT as printed by 'ray start --head', or leave --address out for a "
+        "private local Ray")
+
+
+_CLUSTER_ENV = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make the private Ray's node IP 127.0.0.1, so that every server it starts binds to loopback.
+
+    Ray takes the node IP from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (read when ``ray`` is imported,
+    and again by each process Ray starts): with it off, the GCS, the raylet, the dashboard agent,
+    the runtime-env agent, the metrics export port and the dashboard's and autoscaler's metrics
+    servers all listen on 127.0.0.1 instead of every interface. ``--dashboard-host`` still opens
+    the dashboard itself where asked.
+    """
+    before_env, before_flag = os.environ.get(_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(_CLUSTER_ENV, None)
+        else:
+            os.environ[_CLUSTER_ENV] = before_env
+
+
+def _init_ray(opts: SearchOptions) -> Any:
+    if opts.address:
+        probe_address(opts.address)
+        return ray.init(address=opts.address, log_to_driver=False)
+    with _loopback_only():
+        return ray.init(address="local", include_dashboard=True, dashboard_host=opts.dashboard_host,
+                        log_to_driver=False)
+
+
 def start_ray(opts: SearchOptions) -> dict[str, Any]:
     """Join ``--address`` on purpose, or start a private local Ray; never join one that happens to run here.
 
     ``ray.init()`` without an address would join a cluster it finds on the machine (one left by
-    ``ray start``, even a stale one); ``address="local"`` always starts this search's own.
+    ``ray start``, even a stale one); ``address="local"`` always starts this search's own, bound
+    to loopback (see :func:`_loopback_only`).
     """
     try:
-        if opts.address:
-            ctx = ray.init(address=opts.address, log_to_driver=False)
-        else:
-            ctx = ray.init(address="local", include_dashboard=True, dashboard_host=opts.dashboard_host,
-                           log_to_driver=False)
+        ctx = _init_ray(opts)
+    except RayUnavailableError:
+        raise
     except Exception as err:  # Ray raises a bare Exception on a start timeout, ConnectionError on a bad address
         target = f"the Ray cluster at --address {opts.address}" if opts.address else "a local Ray"
         raise RayUnavailableError(f"could not start or reach {target}: {str(err).strip().splitlines()[0]}") from err
@@ -228,30 +306,6 @@ class _StudySearch(OptunaSearch):
         self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)  # the Optuna trial suggest just asked for
         return params
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)  # Tune's own pickle of the experiment (tuner.pkl)
-        self._attach_study()
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)  # Tune's searcher state: a pickle of __dict__
-        self._attach_study()
-
-    def _attach_study(self) -> None:
-        """Point the restored searcher at the study's journal on this machine.
-
-        Ray pickles the Optuna storage, and with it the journal's path; for an experiment on
-        object storage that path is in the cache of the machine that started it. A resume,
-        perhaps elsewhere, reopens the study from :func:`study_storage` (which takes the
-        uploaded copy first) and its trials by id.
-        """
-        if getattr(self, "experiment_dir", None) is None:  # pickled before searchers knew their experiment
-            return
-        self._storage = study_storage(self.experiment_dir)
-        self._ot_study = optuna.create_study(storage=self._storage, study_name=self._study_name, sampler=self._sampler,
-                                             direction="maximize" if self._mode == "max" else "minimize",
-                                             load_if_exists=True)
-        self._ot_trials = {tid: optuna.Trial(self._ot_study, trial._trial_id) for tid, trial in self._ot_trials.items()}
-
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get("settled"):  # a finished trial repeating its record on resume: the study has it
             return
@@ -262,17 +316,36 @@ class _StudySearch(OptunaSearch):
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # the journal saved the trial's end before a killed driver's Tune state did
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore Tune's saved searcher, then point its trials at the journal as it is now.
+
+        A journal repaired or rebuilt before this resume (pipeline/tune/journal.py) may number
+        its trials differently from the one the searcher was saved with: each trial is found
+        again by its Ray trial id; one the journal lost is added back, running, with its parameters.
+        """
+        super().restore(checkpoint_path)
+        saved = self._ot_study
+        # A fresh storage: the saved one remembers where each record began in the file as it was
+        # (a searcher saved before experiment_dir was kept has only that one).
+        storage = study_storage(self.experiment_dir) if hasattr(self, "experiment_dir") else saved._storage
+        study = optuna.load_study(study_name=saved.study_name, storage=storage, sampler=saved.sampler)
+        by_ray_id = {t.user_attrs.get("trial_id"): t._trial_id for t in study.get_trials(deepcopy=False)}
+        for ray_id, trial in self._ot_trials.items():
+            if ray_id not in by_ray_id:
+                cached = trial._cached_frozen_trial
+                study.add_trial(optuna.trial.create_trial(
+                    state=TrialState.RUNNING, params=cached.params, distributions=cached.distributions,
+                    user_attrs={"trial_id": ray_id}))
+                by_ray_id[ray_id] = study.get_trials(deepcopy=False)[-1]._trial_id
+            self._ot_trials[ray_id] = optuna.Trial(study, by_ray_id[ray_id])
+        self._ot_study = study
+
 
 def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearch:
-    storage, name = study_storage(opts.experiment_dir), study_name(opts.name, mode)
     # Created here first so the study says what it optimises; OptunaSearch then loads it (load_if_exists).
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
-    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; it only labels the value in the dashboard
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([space.metric])
-    for key, value in {"experiment": opts.name, "mode": mode, "metric": space.metric}.items():
-        study.set_user_attr(key, value)
-    search = _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
+    create_study(mode, space, opts.experiment_dir, opts.name)
+    storage, name = study_storage(opts.experiment_dir), study_name(opts.name, mode)
+    searcher = _StudySearch(  # given its own space, it ignores TuneConfig's metric: name it here too
         space=space.for_mode(mode),
         metric=space.metric,
         mode=space.mode,
@@ -280,8 +353,9 @@ def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearc
         study_name=name,
         storage=storage,
     )
-    search.experiment_dir = str(opts.experiment_dir)  # where _attach_study finds the study again
-    return search
+    # Where restore() finds the journal again: on object storage, in this machine's cache (a resume may run elsewhere).
+    searcher.experiment_dir = str(opts.experiment_dir)
+    return searcher
 
 
 def _fail_lost_study_trials(mode: str, grid: tune.ResultGrid, opts: SearchOptions) -> None:
@@ -359,7 +433,7 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.Object
             # a killed driver never leaves a trial finished in the results but running in the study.
             callbacks=[StudyUploadCallback(opts.experiment_dir),
                        ParquetResultsCallback(opts.experiment_dir, identity, mode, opts.epochs, space.metric),
-                       *state_callbacks],
+                       *state_callbacks, JournalBackupCallback(opts.experiment_dir)],
             verbose=1,
         ),
     )
@@ -371,8 +445,11 @@ def _summary(mode: str, space: SearchSpace, opts: SearchOptions) -> dict[str, An
     A trial that errored or whose loss diverged counts as failed and is never the best.
     """
     rows = _trial_rows(opts, mode)
-    summary: dict[str, Any] = {"mode": mode, "trials": len(rows),
-                               "errors": sum(r["status"] in FAILED for r in rows)}
+    failed = [r for r in rows if r["status"] in FAILED]
+    summary: dict[str, Any] = {"mode": mode, "trials": len(rows), "errors": len(failed)}
+    if failed:  # the failure most trials share, with how many: what to fix first
+        (error, count), = Counter(r["error"] or r["status"] for r in failed).most_common(1)
+        summary["common_error"] = {"error": error, "trials": count}
     best_col = f"best_{space.metric}"
     finished = [r for r in rows if r["status"] in FINISHED and r[best_col] is not None and r["best_checkpoint_path"]]
     if finished:
@@ -432,7 +509,8 @@ def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: Sear
     exp = opts.experiment_dir
     (exp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (exp / "search.json").write_text(json.dumps(asdict(opts), indent=2))  # as asked: a resume places anew
-    pull_study(exp)
+    pull_study(exp)  # on object storage: the uploaded journal, when newer than this machine's copy
+    recover_journal(exp, opts.name, opts.modes, space)
     check_dataset_visible(index, opts.cpus_per_trial, placement.gpus_per_trial)
     # The index (names, pairing, sizes; no pixels) goes into the object store once; trials on a
     # node map that one copy zero-copy and read the pixels themselves.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 import ray
@@ -83,14 +84,25 @@ def _checkpoint_files(trial_dir: Location, name: str) -> list[Location]:
             and f.parent.parent == trial_dir]
 
 
-def _newest_complete_checkpoint(trial_dir: Location) -> tuple[Location, dict[str, Any]] | None:
-    """The newest checkpoint in the trial's folder that reads whole (a crash can cut the newest short)."""
+def _newest_complete_checkpoint(trial_dir: Location) -> tuple[tuple[Location, dict[str, Any]] | None, list[str]]:
+    """The newest checkpoint in the trial's folder that reads whole (a crash can cut the newest short),
+    and why each newer one was skipped."""
+    skipped = []
     for path in reversed(_checkpoint_files(trial_dir, CHECKPOINT_FILE)):
         try:
-            return path, load_checkpoint(path)
-        except (CheckpointError, FileNotFoundError):
-            continue
-    return None
+            return (path, load_checkpoint(path)), skipped
+        except (CheckpointError, FileNotFoundError) as err:
+            skipped.append(str(err))
+    return None, skipped
+
+
+def _resume_note(newest: tuple[Location, dict[str, Any]] | None, skipped: list[str]) -> str | None:
+    """What a restarted trial went on from, naming every damaged checkpoint it passed over; None for a fresh trial."""
+    if newest is None and not skipped:
+        return None
+    start = (f"resumed from {newest[0]} (epoch {newest[1]['epoch']})" if newest is not None
+             else "started again from scratch: no complete checkpoint left")
+    return "; ".join([*(f"skipped damaged checkpoint: {reason}" for reason in skipped), start])
 
 
 def _save_epoch(trainer: Trainer, trial_dir: Location, metrics: dict[str, Any], metric: str) -> Location:
@@ -152,18 +164,24 @@ def train_trial(
     set_threads(None, cpus=cpus)
     trainer = Trainer(cfg, index)
     trial_dir = location(trials_dir) / trial_dirname(ctx.get_trial_id())
-    newest = _newest_complete_checkpoint(trial_dir)
+    newest, skipped = _newest_complete_checkpoint(trial_dir)
+    # Every report of this run carries the note, so the records get it whether or not the resumed report is taken.
+    resumed_from = _resume_note(newest, skipped)
+    note = {"resumed_from": resumed_from} if resumed_from else {}
+    if skipped:  # into the worker's own log too; the results callback says it in the search's log
+        print(f"trial {ctx.get_trial_id()}: {resumed_from}", file=sys.stderr, flush=True)
     if newest is not None:
         path, state = newest
         trainer.load_state_dict(state)
         if "metrics" in state:  # every trial checkpoint has them; a train checkpoint dropped in by hand may not
-            tune.report({**state["metrics"], "checkpoint_path": str(path), "resumed": True})
+            tune.report({**state["metrics"], "checkpoint_path": str(path), "resumed": True, **note})
 
     context = {
         "device": str(trainer.device),
         "precision": trainer.cfg.train.precision,
         "node_id": ray.get_runtime_context().get_node_id(),
         "store_shared": _index_is_shared(index),
+        **note,
     }
     try:
         _run_epochs(trainer, trial_dir, context, space.metric)
