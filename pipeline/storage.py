@@ -111,6 +111,10 @@ class Location:
     def __str__(self) -> str:
         return self.base + self.query
 
+    def __fspath__(self) -> str:
+        """A local location is a path to every API that takes one (``Path(loc)``, ``open(loc)``); a remote one is not."""
+        return str(self.local)
+
     # --- reading ---------------------------------------------------------------------------------
 
     def _info(self) -> pafs.FileInfo:
