@@ -9,6 +9,7 @@ refused by name before anything in it runs.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import flatten, saved_config
-from .files import atomic_write
+from .storage import Location, fetch, location
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUME_KEYS", "CheckpointError", "field", "load_checkpoint", "one_line", "optional_field",
            "resumed_config", "safe_load", "save_checkpoint"]
@@ -30,9 +31,13 @@ class CheckpointError(ValueError):
     """A file that is not a readable checkpoint or model of an expected format; the message names it."""
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` (a dict with ``format``) atomically: a crash never leaves half a file."""
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+def save_checkpoint(path: str | os.PathLike | Location, state: dict[str, Any]) -> Location:
+    """Write ``state`` (a dict with ``format``) whole or not at all to a path or a storage URI."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    target = location(path)
+    target.write_bytes(buffer.getvalue())
+    return target
 
 
 def field(tree: Any, dotted: str, kind: type, file: Path) -> Any:
@@ -68,7 +73,7 @@ def one_line(err: BaseException) -> str:
 
 
 def load_checkpoint(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Location,
     formats: tuple[str, ...] = (CHECKPOINT_FORMAT,),
     *,
     advice: str = "a checkpoint written by this project never needs that; load only files you trust",
@@ -80,10 +85,12 @@ def load_checkpoint(
     containers to unpickle is refused with :class:`CheckpointError` naming it, followed by
     ``advice``. ``trust=True`` unpickles without the weights-only guard, which RUNS whatever code the
     file holds: only the explicit ``python -m pipeline.models convert FILE --trust`` passes it.
+    A checkpoint in an object store is read from the local cache (``pipeline.storage.fetch``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    where = location(path)
+    if not where.is_file():
+        raise FileNotFoundError(f"checkpoint {where} does not exist")
+    path = fetch(where)
     expected = f"expected one of the formats {', '.join(formats)}"
     state = safe_load(path, advice=advice, expected=expected, trust=trust)
     if not isinstance(state, dict) or state.get("format") not in formats:
@@ -91,10 +98,10 @@ def load_checkpoint(
         if isinstance(state, dict) and "format" not in state:
             found = "a dict without a format (an original repository's checkpoint?)"
             expected += "; import an original checkpoint with 'python -m pipeline.models import --backbone NAME FILE'"
-        raise CheckpointError(f"{path} holds {found}, not a model or checkpoint of this project; {expected}")
+        raise CheckpointError(f"{where} holds {found}, not a model or checkpoint of this project; {expected}")
     if state["format"] == CHECKPOINT_FORMAT:
         for dotted, kind in _CHECKPOINT_FIELDS.items():
-            field(state, dotted, kind, path)
+            field(state, dotted, kind, where)
     return state
 
 

@@ -23,7 +23,8 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.promote", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", metavar="RUN_DIR", help="experiment folder written by pipeline.search")
-    p.add_argument("--models", default="models", metavar="DIR", help="where model folders go (default: models/)")
+    p.add_argument("--models", "--models-dir", dest="models", default="models", metavar="DIR",
+                   help="where model folders go: a folder or a storage URI such as s3://bucket/models (default: models/)")
     p.add_argument("--metric", choices=METRICS, default="select_psnr", help="selection metric that picks the trial")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N, for the re-evaluation (and refit)")
     p.add_argument("--refit", action="store_true",

@@ -1,15 +1,22 @@
 """The Parquet results contract: two tables under explicit pyarrow schemas.
 
-Layout of one experiment (``runs/<experiment>/results/``):
+Layout of one experiment (``runs/<experiment>/results/``, or the same under an ``s3://`` URI):
 
-    epochs/<trial_id>/epoch-00003.parquet    one row: one trial's report for one epoch
-    trials/<trial_id>.parquet                one row: a trial's latest summary (replaced as it runs)
+    epochs/<trial_id>/epoch-00003.parquet      one row: one trial's report for one epoch, while it runs
+    epochs/<trial_id>/compacted-00020.parquet  every epoch row up to 20, once the trial has ended
+    trials/<trial_id>.parquet                  one row: a trial's latest summary (replaced as it runs)
 
-Every file is written to a temporary name and renamed into place, so a reader never sees
-half a file and a crash loses at most the rows in flight. Many experiments scan together:
+Every file is written whole or not at all (a rename locally, one PUT on an object store), so
+a reader never sees half a file and a crash loses at most the rows in flight.
 
-    pl.scan_parquet("runs/*/results/epochs/**/*.parquet")
-    pl.scan_parquet("runs/*/results/trials/*.parquet")
+When a trial ends, :func:`compact_epochs` rewrites its epoch rows as one file and then deletes
+the per-epoch files: an analysis of 100 trials reads 100 objects, not one per epoch. Readers
+take a trial's newest ``compacted-N`` file and only the ``epoch-E`` files with E > N, so every
+row is read exactly once at every moment, also while compaction runs and after a crash in the
+middle of it (its leftovers are ignored, then removed by the next compaction). Read the
+tables with :func:`read_table` (a plain glob over ``epochs/**`` would count leftovers twice):
+
+    read_table(["runs/exp-a", "s3://bucket/runs/exp-b"], "epochs")
 
 Searched hyperparameters beyond the four standard ones get their own float64 column,
 named after the search-space entry; :func:`read_table` aligns such files by name. A
@@ -18,19 +25,22 @@ hyperparameter has one name from the config key to the column: ``bild.alpha`` is
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .files import atomic_write
+from .storage import Location, location
 
 __all__ = [
     "check_metric",
+    "compact_epochs",
+    "epoch_rows",
     "FINISHED",
     "HYPERPARAMS",
     "HYPERPARAM_KEYS",
@@ -135,8 +145,8 @@ def check_metric(metric: str) -> None:
         raise ValueError(f"--metric {metric!r} is not a selection metric; expected one of {', '.join(METRICS)}")
 
 
-def results_dir(experiment_dir: str | os.PathLike) -> Path:
-    return Path(experiment_dir) / "results"
+def results_dir(experiment_dir: str | os.PathLike | Location) -> Location:
+    return location(experiment_dir) / "results"
 
 
 def _schema_with_extras(schema: pa.Schema, row: Mapping[str, Any]) -> pa.Schema:
@@ -145,28 +155,95 @@ def _schema_with_extras(schema: pa.Schema, row: Mapping[str, Any]) -> pa.Schema:
     return pa.schema([*schema, *extras]) if extras else schema
 
 
-def write_rows(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> Path:
-    """Write ``rows`` under ``schema`` (plus extra hyperparameter columns) atomically to ``path``."""
+def _write_table(path: str | os.PathLike | Location, table: pa.Table) -> Location:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    target = location(path)
+    target.write_bytes(buffer.getvalue())
+    return target
+
+
+def write_rows(path: str | os.PathLike | Location, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> Location:
+    """Write ``rows`` under ``schema`` (plus extra hyperparameter columns) whole or not at all to ``path``."""
     schema = _schema_with_extras(schema, rows[0]) if rows else schema
-    table = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return _write_table(path, pa.Table.from_pylist([dict(r) for r in rows], schema=schema))
 
 
-def write_epoch_row(experiment_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
-    path = results_dir(experiment_dir) / "epochs" / row["trial_id"] / f"epoch-{int(row['epoch']):05d}.parquet"
-    return write_rows(path, [row], EPOCH_SCHEMA)
+_EPOCH_FILE = re.compile(r"epoch-(\d+)\.parquet")
+_COMPACTED_FILE = re.compile(r"compacted-(\d+)\.parquet")
 
 
-def write_trial_row(experiment_dir: str | os.PathLike, row: Mapping[str, Any]) -> Path:
+def _epoch_file(experiment_dir: str | os.PathLike | Location, trial_id: str, epoch: int) -> Location:
+    return results_dir(experiment_dir) / "epochs" / trial_id / f"epoch-{epoch:05d}.parquet"
+
+
+def write_epoch_row(experiment_dir: str | os.PathLike | Location, row: Mapping[str, Any]) -> Location:
+    return write_rows(_epoch_file(experiment_dir, row["trial_id"], int(row["epoch"])), [row], EPOCH_SCHEMA)
+
+
+def write_trial_row(experiment_dir: str | os.PathLike | Location, row: Mapping[str, Any]) -> Location:
     return write_rows(results_dir(experiment_dir) / "trials" / f"{row['trial_id']}.parquet", [row], TRIAL_SCHEMA)
 
 
-def read_table(run_dirs: Sequence[str | os.PathLike], table: str) -> pl.DataFrame:
-    """All rows of ``table`` ("epochs" or "trials") of the given experiment folders, in one frame."""
+def _current_epoch_files(files: Sequence[Location]) -> tuple[list[Location], list[Location]]:
+    """(files to read, leftovers) of one trial's epoch folder: every epoch row exactly once.
+
+    The newest ``compacted-N`` holds epochs 1..N; an ``epoch-E`` file counts only when E > N
+    (a trial resumed after an error reports later epochs beside its compacted file).
+    """
+    compacted = sorted(((int(m[1]), f) for f in files if (m := _COMPACTED_FILE.fullmatch(f.name))),
+                       key=lambda pair: pair[0])
+    covered = compacted[-1][0] if compacted else 0
+    keep = [compacted[-1][1]] if compacted else []
+    leftovers = [f for _, f in compacted[:-1]]
+    for f in files:
+        if (m := _EPOCH_FILE.fullmatch(f.name)):
+            (keep if int(m[1]) > covered else leftovers).append(f)
+    return keep, leftovers
+
+
+def _epoch_files(run_dir: str | os.PathLike | Location) -> list[Location]:
+    """The epoch files to read of one experiment: one listing of the folder, then the exactly-once choice."""
+    by_trial: dict[str, list[Location]] = {}
+    for f in (results_dir(run_dir) / "epochs").files():
+        by_trial.setdefault(f.parent.name, []).append(f)
+    return [f for trial_files in by_trial.values() for f in _current_epoch_files(trial_files)[0]]
+
+
+def epoch_rows(run_dir: str | os.PathLike | Location) -> list[dict[str, Any]]:
+    """Every epoch row of one experiment, each once (compacted or not), as dicts; none if there are none."""
+    return [row for f in _epoch_files(run_dir) if f.name.endswith(".parquet") for row in _read_parquet(f).to_dicts()]
+
+
+def compact_epochs(experiment_dir: str | os.PathLike | Location, trial_id: str) -> Location | None:
+    """Rewrite a trial's epoch rows as one ``compacted-N`` file, then remove the files it replaces.
+
+    The compacted file is in place (whole) before anything is removed, and readers prefer it
+    to the files it covers, so a crash at any point leaves every row readable exactly once.
+    Returns the compacted file, or None when the trial has no epoch rows.
+    """
+    folder = results_dir(experiment_dir) / "epochs" / trial_id
+    current, leftovers = _current_epoch_files(folder.files(recursive=False))
+    if any(_EPOCH_FILE.fullmatch(f.name) for f in current):
+        tables = [_read_arrow(f) for f in current]
+        merged = pa.concat_tables(tables, promote_options="default").sort_by("epoch")
+        target = folder / f"compacted-{max(merged.column('epoch').to_pylist()):05d}.parquet"
+        _write_table(target, merged)
+        current, leftovers = [target], [*leftovers, *(f for f in current if f != target)]
+    for f in leftovers:
+        f.delete()
+    return current[0] if current else None
+
+
+def read_table(run_dirs: Sequence[str | os.PathLike | Location], table: str) -> pl.DataFrame:
+    """All rows of ``table`` ("epochs" or "trials") of the given experiment folders (paths or URIs), in one frame."""
     if table not in ("epochs", "trials"):
         raise ValueError(f"unknown results table {table!r}; expected 'epochs' or 'trials'")
-    pattern = "**/*.parquet" if table == "epochs" else "*.parquet"
-    files = [str(f) for d in run_dirs for f in sorted((results_dir(d) / table).glob(pattern))]
+    if table == "epochs":
+        files = [f for d in run_dirs for f in _epoch_files(d)]
+    else:
+        files = [f for d in run_dirs for f in (results_dir(d) / table).files(recursive=False)]
+    files = [f for f in files if f.name.endswith(".parquet")]
     if not files:
         raise FileNotFoundError(
             f"no {table} results under {', '.join(str(results_dir(d) / table) for d in run_dirs)}; "
@@ -181,14 +258,28 @@ def searched_params(trials: pl.DataFrame) -> list[str]:
     return [p for p in (*HYPERPARAMS, *extras) if p in trials.columns and trials[p].null_count() < trials.height]
 
 
-def read_rows(folder: str | os.PathLike) -> list[dict[str, Any]]:
+def read_rows(folder: str | os.PathLike | Location) -> list[dict[str, Any]]:
     """Every row of the Parquet files directly in ``folder`` (none if it does not exist), as dicts."""
-    return [row for f in sorted(Path(folder).glob("*.parquet")) for row in _read_parquet(str(f)).to_dicts()]
+    files = [f for f in location(folder).files(recursive=False) if f.name.endswith(".parquet")]
+    return [row for f in files for row in _read_parquet(f).to_dicts()]
 
 
-def _read_parquet(path: str) -> pl.DataFrame:
+def _damaged(path: Location, err: Exception) -> ValueError:
+    return ValueError(f"results file {path} is damaged ({type(err).__name__}); expected a Parquet file "
+                      "written by pipeline.search (delete it and resume the search to rewrite it)")
+
+
+def _read_arrow(path: Location) -> pa.Table:
     try:
-        return pl.read_parquet(path)
+        return pq.read_table(io.BytesIO(path.read_bytes()))
+    except (pa.ArrowException, OSError) as err:
+        raise _damaged(path, err) from err
+
+
+def _read_parquet(path: Location) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(io.BytesIO(path.read_bytes()))
+    except FileNotFoundError:
+        raise
     except Exception as err:  # polars and pyarrow raise several types for a damaged file
-        raise ValueError(f"results file {path} is damaged ({type(err).__name__}); expected a Parquet file "
-                         "written by pipeline.search (delete it and resume the search to rewrite it)") from err
+        raise _damaged(path, err) from err

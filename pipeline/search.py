@@ -4,6 +4,7 @@
     python -m pipeline.search --backbone ffanet --mode both --trials 8 --epochs 10
     python -m pipeline.search --backbone msbdn --name msbdn-a --resume   # continue after Ctrl-C / a crash
     python -m pipeline.search --backbone msbdn --address HEAD_IP:6379 --storage /shared/runs
+    python -m pipeline.search --backbone msbdn --address HEAD_IP:6379 --storage s3://bucket/runs   # no shared disk
     python -m pipeline.search --backbone aodnet --preset paper --init models/aodnet/dehazer   # every trial starts from it
 
 Every flag is checked before any Ray work starts. Trailing ``key=value`` arguments are Hydra
@@ -66,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --gpus-per-trial auto: K trials share each GPU (a 1/K share each; default 1)")
     p.add_argument("--search-space", default=None, help="name in search_spaces/ or a YAML path (default: the backbone's own, else default)")
     p.add_argument("--name", default=None, help="experiment name; the same name again resumes it (default: backbone-mode-time)")
-    p.add_argument("--storage", default="runs", help="folder holding experiments; on a cluster, a path every node sees")
+    p.add_argument("--storage", default="runs",
+                   help="where experiments live: a folder (on a cluster, one every node sees) or a URI such as "
+                        "s3://bucket/runs (credentials from the AWS_* environment)")
     p.add_argument("--address", default=None, help="join an existing Ray cluster (HEAD_IP:PORT or 'auto') instead of starting one")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment (the newest matching one without --name)")
     p.add_argument("--seed", type=int, default=None, help="seeds training and the search space's sampler")

@@ -42,10 +42,10 @@ from .data import (
 from .data.loader import StepCrops
 from .evaluation.inference import resolve_device, score_pairs, set_threads
 from .evaluation.references import hazy_reference
-from .files import atomic_write_text
 from .hardware import allow_tf32, cudnn_autotune, grad_scaler, resolve_precision
 from .models.store import init_weights
 from .progress import progress_bar
+from .storage import location
 
 __all__ = ["LR_SCHEDULES", "STEP_STATS", "TRAINING_BOUNDS", "StepCallback", "Trainer", "TrainingOutOfMemoryError",
            "bild_config", "check_memory", "check_training_config", "check_value", "for_device", "format_epoch",
@@ -244,7 +244,7 @@ class Trainer:
         self.backbone_kwargs = backbone_kwargs(cfg.backbone.name, cfg.backbone.preset)
         init = None
         if tr.init is not None:  # start from a model's weights; its kwargs (an import's, say) rebuild it exactly
-            tr.init = str(Path(tr.init).resolve())  # made absolute where the run starts: trials run elsewhere
+            tr.init = str(location(tr.init, "train.init"))  # absolute (or a URI) where the run starts: trials run elsewhere
             self.backbone_kwargs, init, tr.init_sha256 = init_weights(tr.init, cfg.backbone.name,
                                                                       cfg.backbone.preset, tr.init_sha256)
         self.backbone = build_from_kwargs(cfg.backbone.name, self.backbone_kwargs)
@@ -485,10 +485,10 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
     Each epoch's metrics go to ``run_dir/metrics.jsonl``; the first epoch this process trains
     also carries ``first_step_s``, the seconds from the process start to the end of its first step.
     """
-    run_dir = Path(cfg.run_dir)
+    run_dir = location(cfg.run_dir, "--run-dir")  # a folder, or a storage URI (s3://bucket/train/run1)
     ckpt = run_dir / "checkpoint.pt"
     if resume:
-        if not ckpt.exists():
+        if not ckpt.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}; start without --resume")
         state = load_checkpoint(ckpt)
         cfg = resumed_config(cfg, state["config"])
@@ -498,10 +498,9 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
         trainer.load_state_dict(state)
         print(f"resumed {ckpt} at epoch {trainer.epoch}")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / "metrics.jsonl").delete()
     cfg = trainer.cfg  # with the device's choices made (precision, layout): what the run records
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     print(
         f"{cfg.backbone.name}/{cfg.backbone.preset} mode={cfg.mode} on {trainer.device} ({cfg.train.precision}): "
         f"{len(trainer.train_idx)} train / {len(trainer.val_idx)} val / {len(trainer.splits.select)} select pairs "
@@ -526,8 +525,7 @@ def train(cfg: DictConfig, *, resume: bool = False, index: PairIndex | None = No
             if not noted:
                 metrics["first_step_s"] = first_step[0]
             trainer.save(ckpt, metrics=metrics)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            (run_dir / "metrics.jsonl").append_text(json.dumps(metrics) + "\n")
             print(format_epoch(trainer.epoch, cfg.train.epochs, metrics), flush=True)
     finally:
         trainer.close()

@@ -34,7 +34,8 @@ from torch import nn
 
 from ..checkpoints import one_line
 from ..files import atomic_write
-from .store import CARD_FILE, file_sha256, load_model, read_card, resolve_model_file, write_card
+from ..storage import Location
+from .store import CARD_FILE, file_sha256, load_model, model_origin, read_card, write_card
 
 __all__ = ["FORMATS", "ONNX_OPSET", "TOLERANCE", "ExportError", "export_model"]
 
@@ -131,7 +132,7 @@ def _check(model: nn.Module, run: Runner, name: str, fmt: str) -> list[dict[str,
     return checks
 
 
-def _record(card_file: Path, out: Path, fmt: str, checks: list[dict[str, Any]]) -> None:
+def _record(card_file: Location, out: Path, fmt: str, checks: list[dict[str, Any]]) -> None:
     """Add (or replace, for the same file) this export in the card, written atomically."""
     card = read_card(card_file)
     entry = {"format": fmt, "file": str(out.resolve()), "sha256": file_sha256(out), "input": "hazy",
@@ -151,8 +152,8 @@ def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; expected a file name such as model.{fmt}")
-    weights = resolve_model_file(model_path)
-    model, meta = load_model(weights)
+    origin = model_origin(model_path)  # a model in an object store is read from the cache, its card updated there
+    model, meta = load_model(origin)
     # channels_last is the CPU inference layout load_model picks; exported graphs take plain NCHW.
     model = model.to(memory_format=torch.contiguous_format)
     example = torch.rand(TRACE_SHAPE, generator=torch.Generator().manual_seed(0))
@@ -163,7 +164,7 @@ def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike
 
     atomic_write(out, write)  # a refused export leaves no file
     # Only a promoted model.safetensors owns its card; an older model.pt's card is left as it was.
-    card_file = weights.parent / CARD_FILE if weights.suffix == ".safetensors" else None
+    card_file = origin.parent / CARD_FILE if origin.name.endswith(".safetensors") else None
     if card_file is not None:
         _record(card_file, out, fmt, checks)
     return {"format": fmt, "out": str(out), "backbone": meta["backbone"], "preset": meta.get("preset"),

@@ -12,7 +12,11 @@ sets are rebuilt from the checkpoint's own resolved config, and the result is wr
     models/<backbone>/LATEST                  "v<N>"
     models/index.parquet                      every promoted model, one row each
 
-A version folder is never overwritten: N is one more than the largest present.
+A version folder is never overwritten: N is one more than the largest present. ``run_dir``
+and ``models_dir`` may be storage URIs (``s3://bucket/runs/<experiment>``, ``s3://bucket/models``).
+On a local disk the version folder is reserved by creating it; an object store has no
+folders to create, so two promotions into the same bucket at the same moment could pick the
+same N: promote from one place at a time there.
 
 With ``refit``, the trial's configuration is first trained again on the whole train pool
 (bild mode with the validation fold rotating each epoch, so that every pool scene is trained
@@ -41,7 +45,7 @@ from ..checkpoints import load_checkpoint
 from ..config import REPO_ROOT, saved_config
 from ..data import PairIndex, Splits, decoded_cache_dir, load_dataset, select_subset, split_by_scene
 from ..evaluation.inference import resolve_device, score_pairs
-from ..files import atomic_write_text
+from ..storage import Location, location
 from ..results import FINISHED, HYPERPARAMS, check_metric, read_table, searched_params, write_rows
 from .store import CARD_FILE, LATEST_FILE, load_model, read_card, save_model
 
@@ -82,21 +86,21 @@ class NoFinishedTrialError(ValueError):
 # --- choosing the trial -----------------------------------------------------------------------------
 
 
-def _checkpoint_file(value: str | None, run_dir: Path) -> str | None:
-    """The recorded checkpoint path if it exists (as written, or relative to the run folder)."""
+def _checkpoint_file(value: str | None, run_dir: Location) -> str | None:
+    """The recorded checkpoint path or URI if it exists (as written, or relative to the run folder)."""
     if not value:
         return None
-    for candidate in (Path(value), run_dir / value):
+    for candidate in (location(value), run_dir / value):
         if candidate.is_file():
             return str(candidate)
     return None
 
 
-def best_trial(run_dir: str | os.PathLike, metric: str = "select_psnr", mode: str | None = None) -> dict[str, Any]:
+def best_trial(run_dir: str | os.PathLike | Location, metric: str = "select_psnr", mode: str | None = None) -> dict[str, Any]:
     """The trials-table row with the highest ``best_<metric>`` among finished trials with a checkpoint
     (of one training ``mode`` when given)."""
     check_metric(metric)
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir, "RUN_DIR")
     trials = read_table([run_dir], "trials")
     rows = [
         {**row, "checkpoint": _checkpoint_file(row["best_checkpoint_path"], run_dir)}
@@ -173,7 +177,7 @@ def _selection_check(trial: dict[str, Any], measured: dict[str, float]) -> dict[
 # --- refit ------------------------------------------------------------------------------------------
 
 
-def refit_checkpoint(state: dict[str, Any], index: PairIndex, path: Path, device: str = "auto") -> dict[str, Any]:
+def refit_checkpoint(state: dict[str, Any], index: PairIndex, path: Location, device: str = "auto") -> dict[str, Any]:
     """Train ``state``'s configuration again on the whole train pool, for ``state['epoch']`` epochs, into ``path``.
 
     Returns what the card records about it. The dataset ``index`` must be the one the trial
@@ -201,8 +205,8 @@ def refit_checkpoint(state: dict[str, Any], index: PairIndex, path: Path, device
 # --- writing ----------------------------------------------------------------------------------------
 
 
-def _next_version(backbone_dir: Path) -> str:
-    numbers = [int(m[1]) for p in backbone_dir.glob("v*") if (m := re.fullmatch(r"v(\d+)", p.name))]
+def _next_version(backbone_dir: Location) -> str:
+    numbers = [int(m[1]) for p in backbone_dir.children() if (m := re.fullmatch(r"v(\d+)", p.name))]
     return f"v{max(numbers, default=0) + 1}"
 
 
@@ -218,7 +222,7 @@ def _promoted(card: dict[str, Any]) -> bool:
     return card.get("version") is not None and "experiment" in (card.get("source") or {})
 
 
-def _index_row(card: dict[str, Any], folder: Path) -> dict[str, Any]:
+def _index_row(card: dict[str, Any], folder: Location) -> dict[str, Any]:
     # Cards written before the per-epoch subset existed scored the whole selection set as "measured".
     source, test = card["source"], card["test"]
     sel = card["selection"].get("full", card["selection"]["measured"])
@@ -234,10 +238,11 @@ def _index_row(card: dict[str, Any], folder: Path) -> dict[str, Any]:
     }
 
 
-def write_index(models_dir: str | os.PathLike) -> Path:
+def write_index(models_dir: str | os.PathLike | Location) -> Location:
     """Rebuild ``index.parquet`` from every card under ``models_dir`` (so it can never drift from them)."""
-    models_dir = Path(models_dir)
-    cards = [(read_card(c), c.parent) for c in sorted(models_dir.glob(f"*/v*/{CARD_FILE}"))]
+    models_dir = location(models_dir, "--models-dir")
+    cards = [(read_card(c), c.parent) for c in models_dir.files()
+             if c.name == CARD_FILE and re.fullmatch(r"v\d+", c.parent.name) and c.parent.parent.parent == models_dir]
     # Only promotions are indexed: a model imported or converted into a v<N> folder has no trial to list.
     rows = [_index_row(card, folder) for card, folder in cards if _promoted(card)]
     rows.sort(key=lambda r: (r["backbone"], int(r["version"][1:])))
@@ -245,7 +250,7 @@ def write_index(models_dir: str | os.PathLike) -> Path:
 
 
 def _provenance(trial: dict[str, Any], state: dict[str, Any], index: PairIndex, check: dict[str, Any],
-                select: dict[str, float], test: dict[str, float], metric: str, version: str, run_dir: Path,
+                select: dict[str, float], test: dict[str, float], metric: str, version: str, run_dir: Location,
                 refit: dict[str, Any] | None) -> dict[str, Any]:
     """The card's fields beyond the architecture: where the model came from and how well it did."""
     cfg = state["config"]
@@ -268,25 +273,26 @@ def _provenance(trial: dict[str, Any], state: dict[str, Any], index: PairIndex, 
     }
 
 
-def _reserve_version(backbone_dir: Path) -> Path:
-    """Create and return the next free v<N> folder; a version is never overwritten."""
-    backbone_dir.mkdir(parents=True, exist_ok=True)
+def _reserve_version(backbone_dir: Location) -> Location:
+    """The next free v<N> folder (created on a local disk); a version is never overwritten."""
     folder = backbone_dir / _next_version(backbone_dir)
-    folder.mkdir()  # FileExistsError if a concurrent promotion took this number first
+    if folder.is_local:
+        backbone_dir.local.mkdir(parents=True, exist_ok=True)
+        folder.local.mkdir()  # FileExistsError if a concurrent promotion took this number first
     return folder
 
 
-def _write_version(folder: Path, state: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+def _write_version(folder: Location, state: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
     """model.safetensors and card.json into ``folder``, then LATEST beside it and the index above it."""
     card = save_model(folder, state["backbone"], state["models"]["backbone"], provenance)
-    atomic_write_text(folder.parent / LATEST_FILE, folder.name + "\n")
-    write_index(folder.parents[1])
+    (folder.parent / LATEST_FILE).write_text(folder.name + "\n")
+    write_index(folder.parent.parent)
     return card
 
 
 def promote(
-    run_dir: str | os.PathLike,
-    models_dir: str | os.PathLike = "models",
+    run_dir: str | os.PathLike | Location,
+    models_dir: str | os.PathLike | Location = "models",
     *,
     metric: str = "select_psnr",
     device: str = "auto",
@@ -297,7 +303,7 @@ def promote(
     ``refit`` promotes the trial's configuration trained again on the whole train pool instead
     of the trial's own checkpoint (see the module's docstring).
     """
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir, "RUN_DIR")
     trial = best_trial(run_dir, metric)
     state = load_checkpoint(trial["checkpoint"])
     trial["epoch"] = state["epoch"]
@@ -314,7 +320,7 @@ def promote(
         refitted = refit_checkpoint(state, index, path, device)
         state, (model, _) = load_checkpoint(path), load_model(path)
     test = _scores(model.to(dev), index, splits.test, dev, eval_side)
-    folder = _reserve_version(Path(models_dir) / state["backbone"]["name"])
+    folder = _reserve_version(location(models_dir, "--models-dir") / state["backbone"]["name"])
     card = _write_version(folder, state, _provenance(trial, state, index, check, select, test, metric, folder.name,
                                                      run_dir, refitted))
     return {**card, "path": str(folder)}

@@ -14,6 +14,11 @@ evaluated before it is promoted, and a promoted ``model.pt`` of earlier versions
 (``bild-model/1``), both through the safe ``torch.load`` of ``pipeline.checkpoints``. An old
 file that needs more than that is refused with the command that converts it
 (``python -m pipeline.models convert``, see ``pipeline.models.convert``).
+
+Every path here may be a storage URI too (``s3://bucket/models/aodnet``, see pipeline/storage.py):
+promotion writes there, and a reader fetches the weights into the local cache, under the
+sha256 its card records (a checkpoint without a card: under its ETag), so an unchanged
+model is never downloaded twice.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from torch import nn
 
 from ..backbones import build_from_kwargs
 from ..checkpoints import CHECKPOINT_FORMAT, CheckpointError, field, load_checkpoint, one_line, optional_field
-from ..files import atomic_write, atomic_write_text
+from ..files import default_cache_dir
+from ..storage import Location, fetch, location
 
 __all__ = [
     "CARD_FILE",
@@ -48,6 +54,7 @@ __all__ = [
     "init_weights",
     "load_model",
     "model_label",
+    "model_origin",
     "read_card",
     "read_weights",
     "resolve_model_file",
@@ -86,12 +93,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 PROVENANCE_FIELDS = {"version": str, "source": dict, "source.checkpoint": str, "epoch": int}
 
 
-def read_card(path: str | os.PathLike) -> dict[str, Any]:
+def read_card(path: str | os.PathLike | Location) -> dict[str, Any]:
     """A card.json as a dict; a truncated or foreign file, or a malformed provenance field, is a one-line
     error naming the file (and the field)."""
-    path = Path(path)
+    path = location(path)
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
+        card = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); expected a model card") from err
     if not isinstance(card, dict):
@@ -101,11 +108,13 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
-def write_card(folder: str | os.PathLike, card: dict[str, Any]) -> Path:
-    return atomic_write_text(Path(folder) / CARD_FILE, json.dumps(card, indent=2, allow_nan=False) + "\n")
+def write_card(folder: str | os.PathLike | Location, card: dict[str, Any]) -> Location:
+    target = location(folder) / CARD_FILE
+    target.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+    return target
 
 
-def save_model(folder: str | os.PathLike, backbone: dict[str, Any], state_dict: dict[str, torch.Tensor],
+def save_model(folder: str | os.PathLike | Location, backbone: dict[str, Any], state_dict: dict[str, torch.Tensor],
                provenance: dict[str, Any]) -> dict[str, Any]:
     """Write ``model.safetensors`` then ``card.json`` into ``folder``; returns the card.
 
@@ -113,13 +122,13 @@ def save_model(folder: str | os.PathLike, backbone: dict[str, Any], state_dict: 
     rest of the card (where the model came from, its scores). The card goes last, so a card
     on disk always has its weights beside it.
     """
-    folder = Path(folder)
+    folder = location(folder)
     # safetensors stores dense row-major tensors: channels_last weights are copied, not refused.
     weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     data = save(weights, metadata={"format": MODEL_FORMAT})  # bytes: save_file would create the file owner-only (0600)
-    file = atomic_write(folder / MODEL_FILE, lambda tmp: tmp.write_bytes(data))
+    (folder / MODEL_FILE).write_bytes(data)
     card = {"format": CARD_FORMAT, "backbone": backbone["name"], "preset": backbone["preset"],
-            "kwargs": backbone["kwargs"], "weights": {"file": MODEL_FILE, "sha256": file_sha256(file)}}
+            "kwargs": backbone["kwargs"], "weights": {"file": MODEL_FILE, "sha256": hashlib.sha256(data).hexdigest()}}
     card.update({k: v for k, v in provenance.items() if k not in card})
     write_card(folder, card)
     return card
@@ -128,15 +137,38 @@ def save_model(folder: str | os.PathLike, backbone: dict[str, Any], state_dict: 
 # --- finding and reading --------------------------------------------------------------------------
 
 
-def _weights_in(folder: Path) -> Path | None:
+def _weights_in(folder: Location) -> Location | None:
     """A version folder's weights: model.safetensors, else an older model.pt."""
     return next((folder / f for f in (MODEL_FILE, LEGACY_MODEL_FILE) if (folder / f).is_file()), None)
 
 
-def resolve_model_file(path: str | os.PathLike) -> Path:
+def _local_copy(file: Location) -> Path:
+    """A local file with ``file``'s bytes: itself on disk; from an object store, a cached copy.
+
+    Promoted weights are cached with their card under the sha256 the card records; other
+    files (checkpoints) under their ETag (``pipeline.storage.fetch``).
+    """
+    if file.is_local:
+        return file.local
+    if file.name != MODEL_FILE:
+        return fetch(file)
+    card_text = (file.parent / CARD_FILE).read_text()
+    sha = field(read_card(file.parent / CARD_FILE), "weights.sha256", str, file.parent / CARD_FILE)
+    folder = default_cache_dir() / "models" / sha
+    if not (folder / MODEL_FILE).is_file():  # never fetched again while the card names the same weights
+        location(folder / MODEL_FILE).write_bytes(file.read_bytes())
+    location(folder / CARD_FILE).write_text(card_text)
+    return folder / MODEL_FILE
+
+
+def model_origin(path: str | os.PathLike | Location) -> Location:
+    """Where the weights behind ``path`` (a path or a storage URI; see :func:`_resolve`) are, before any fetch."""
+    return _resolve(location(path, "--model"))
+
+
+def _resolve(path: Location) -> Location:
     """The weights file behind ``path``: a file as is (model.safetensors, an older model.pt, a
     training checkpoint.pt), a version folder's weights, or those of a backbone folder's LATEST."""
-    path = Path(path)
     if path.is_file():
         return path
     if not path.is_dir():
@@ -154,6 +186,11 @@ def resolve_model_file(path: str | os.PathLike) -> Path:
         return found
     raise FileNotFoundError(f"{path} holds neither {MODEL_FILE} nor {LATEST_FILE}; "
                             "expected models/<backbone>/v<N>/ or models/<backbone>/")
+
+
+def resolve_model_file(path: str | os.PathLike | Location) -> Path:
+    """The local weights file behind ``path`` (a path or a storage URI; see :func:`_resolve`), fetched if remote."""
+    return _local_copy(model_origin(path))
 
 
 def _from_safetensors(file: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -182,23 +219,23 @@ def read_weights(file: Path, state: dict[str, Any]) -> tuple[dict[str, Any], dic
     return state["backbone"], field(state, key, dict, file)
 
 
-def _pickle_meta(file: Path, state: dict[str, Any], backbone: dict[str, Any]) -> dict[str, Any]:
+def _pickle_meta(origin: Location, state: dict[str, Any], backbone: dict[str, Any]) -> dict[str, Any]:
     """An older model.pt's card beside it, else what the file itself says about the model."""
-    card = file.parent / CARD_FILE
+    card = origin.parent / CARD_FILE
     if state["format"] == LEGACY_MODEL_FORMAT and card.is_file():
         return read_card(card)
     meta: dict[str, Any] = {"backbone": backbone["name"], "preset": backbone.get("preset"),
-                            "source": {"checkpoint": str(file)}}
+                            "source": {"checkpoint": str(origin)}}
     if state["format"] == CHECKPOINT_FORMAT:
         meta.update(config=state.get("config"), epoch=state.get("epoch"))
     return meta
 
 
-def _from_pickle(file: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+def _from_pickle(file: Path, origin: Location) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     """(backbone, weights, metadata) of an older model.pt or a training checkpoint, unpickled safely."""
-    state = load_checkpoint(file, (LEGACY_MODEL_FORMAT, CHECKPOINT_FORMAT), advice=convert_advice(file))
+    state = load_checkpoint(file, (LEGACY_MODEL_FORMAT, CHECKPOINT_FORMAT), advice=convert_advice(origin))
     backbone, weights = read_weights(file, state)
-    return backbone, weights, _pickle_meta(file, state, backbone)
+    return backbone, weights, _pickle_meta(origin, state, backbone)
 
 
 def build_backbone(file: Path, backbone: dict[str, Any], weights: dict[str, torch.Tensor]) -> nn.Module:
@@ -212,16 +249,19 @@ def build_backbone(file: Path, backbone: dict[str, Any], weights: dict[str, torc
     return model
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | os.PathLike | Location) -> tuple[nn.Module, dict[str, Any]]:
     """(backbone in eval mode on the CPU, its card or metadata) from any form :func:`resolve_model_file` takes.
 
     The backbone comes in channels_last (NHWC) layout, whatever it trained in: whole-image
     inference on the CPU ran 1.25x (MSBDN) to 2.9x (DehazeNet) as fast, outputs equal to 1e-6
     (benchmarks/inference_layout.py).
     """
-    file = resolve_model_file(path)
-    read = _from_safetensors if file.suffix == ".safetensors" else _from_pickle
-    backbone, weights, meta = read(file)
+    origin = model_origin(path)
+    file = _local_copy(origin)
+    if file.suffix == ".safetensors":
+        backbone, weights, meta = _from_safetensors(file)
+    else:
+        backbone, weights, meta = _from_pickle(file, origin)
     model = build_backbone(file, backbone, weights)
     return model.to(memory_format=torch.channels_last).eval(), meta
 
@@ -234,7 +274,7 @@ def init_weights(path: str | os.PathLike, name: str, preset: str, pinned_sha256:
     ``train.init_sha256``) its file must still be the one the run started from.
     """
     file = resolve_model_file(path)
-    backbone, weights, _ = (_from_safetensors if file.suffix == ".safetensors" else _from_pickle)(file)
+    backbone, weights, _ = _from_safetensors(file) if file.suffix == ".safetensors" else _from_pickle(file, location(file))
     if (backbone["name"], backbone.get("preset")) != (name, preset):
         raise CheckpointError(f"train.init={path} is a {backbone['name']} {backbone.get('preset')} model; "
                               f"expected a {name} {preset} model, the backbone and preset this run trains")
@@ -256,7 +296,7 @@ def model_label(meta: dict[str, Any], file: str | os.PathLike) -> str:
     if meta.get("version") is not None:
         return f"{meta['backbone']}/{meta['version']}"
     checkpoint = (meta.get("source") or {}).get("checkpoint")
-    folder = Path(checkpoint if checkpoint is not None else file).resolve().parent
+    folder = location(checkpoint if checkpoint is not None else file).parent  # a path or a storage URI
     if re.fullmatch(r"checkpoint_\d+", folder.name):  # Ray Tune keeps <trial>/checkpoint_000004/checkpoint.pt
         folder = folder.parent
     if meta.get("epoch") is not None:

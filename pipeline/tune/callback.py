@@ -2,8 +2,9 @@
 
 It runs in the driver: each reported epoch becomes one ``epochs`` file, and the trial's
 ``trials`` row is replaced (atomically) whenever its state changes, so a crash of the
-driver loses at most the row in flight. On a resumed search it picks up the trials rows
-already on disk, so "best so far" survives a driver restart.
+driver loses at most the row in flight. When a trial ends (finished, stopped, diverged or
+failed) its epoch files are compacted into one (``results.compact_epochs``). On a resumed
+search it picks up the trials rows already saved, so "best so far" survives a driver restart.
 
 At the experiment's end it reconciles its rows with Ray Tune's trials: a row whose trial
 Tune does not know (a trial started after Tune last saved its state, then lost with a
@@ -15,16 +16,20 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from ..results import HYPERPARAMS, STEP_METRICS, read_rows, results_dir, write_epoch_row, write_trial_row
+from ..results import (HYPERPARAMS, STEP_METRICS, compact_epochs, read_rows, results_dir, write_epoch_row,
+                       write_trial_row)
+from ..storage import Location, location
+from ..studies import push_study
+from .trainable import trial_dirname
 
-__all__ = ["ParquetResultsCallback"]
+__all__ = ["ParquetResultsCallback", "StudyUploadCallback"]
 
 
 def _now() -> dt.datetime:
@@ -38,9 +43,9 @@ def _float(value: Any) -> float | None:
 class ParquetResultsCallback(Callback):
     """Writes ``epochs`` and ``trials`` rows for one experiment folder."""
 
-    def __init__(self, experiment_dir: str | Path, identity: dict[str, Any], mode: str, max_epochs: int,
-                 metric: str = "select_psnr") -> None:
-        self.experiment_dir = Path(experiment_dir)
+    def __init__(self, experiment_dir: str | os.PathLike | Location, identity: dict[str, Any], mode: str,
+                 max_epochs: int, metric: str = "select_psnr") -> None:
+        self.experiment_dir = location(experiment_dir)
         self.metric = metric  # picks each trial's best epoch, as it picks the best trial
         self.identity = identity  # experiment, backbone, preset, dataset, fixed hyperparameters
         self.mode = mode
@@ -59,11 +64,9 @@ class ParquetResultsCallback(Callback):
     def _orphan(self, trial_id: str) -> None:
         """Move a trial Tune no longer knows out of the results tables (kept in ``orphaned/``)."""
         results = results_dir(self.experiment_dir)
-        for path in (results / "trials" / f"{trial_id}.parquet", results / "epochs" / trial_id):
-            if path.exists():
-                target = self.experiment_dir / "orphaned" / path.relative_to(results)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(path), target)
+        for part in (f"trials/{trial_id}.parquet", f"epochs/{trial_id}"):
+            if (results / part).exists():
+                (results / part).move_to(self.experiment_dir / "orphaned" / part)
         del self.rows[trial_id]
 
     def _trial_identity(self, trial: Any) -> dict[str, Any]:
@@ -87,7 +90,7 @@ class ParquetResultsCallback(Callback):
                 "last_select_ssim": None,
                 "wall_time_s": 0.0,
                 "best_checkpoint_path": None,
-                "trial_dir": str(trial.path),
+                "trial_dir": str(self.experiment_dir / f"tune-{self.mode}" / trial_dirname(trial.trial_id)),
             }
         return self.rows[trial.trial_id]
 
@@ -147,6 +150,7 @@ class ParquetResultsCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._trial_row(trial)
+        compact_epochs(self.experiment_dir, trial.trial_id)
         if row["status"] == "NONFINITE":
             return
         finished = row["epochs"] >= self.max_epochs
@@ -157,6 +161,7 @@ class ParquetResultsCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._save(self._trial_row(trial), status="ERROR", error=_error_text(trial))
+        compact_epochs(self.experiment_dir, trial.trial_id)
 
 
 def _error_text(trial: Any) -> str:
@@ -165,3 +170,26 @@ def _error_text(trial: Any) -> str:
         lines = Path(path).read_text().strip().splitlines()
         return lines[-1] if lines else "unknown error"
     return str(getattr(trial, "error_msg", None) or "unknown error")
+
+
+class StudyUploadCallback(Callback):
+    """Uploads the journal when a trial starts, reports and ends (a no-op on a local disk).
+
+    Listed before the results callback: the bucket's journal then always holds what the Parquet
+    tables say (a started trial, its results, its end), as a local journal written first does.
+    """
+
+    def __init__(self, experiment_dir: Location) -> None:
+        self.experiment_dir = experiment_dir
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        push_study(self.experiment_dir)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        push_study(self.experiment_dir)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        push_study(self.experiment_dir)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        push_study(self.experiment_dir)

@@ -4,7 +4,8 @@
 :func:`run_experiment`. Every value is checked before Ray starts (an unknown backbone, a crop
 larger than the images, a malformed search space), and a bad one gets an error naming the
 flag, file or key. A request whose experiment folder exists resumes it with its own saved
-config, search space and options.
+config, search space and options. ``--storage`` is a local folder or a storage URI
+(``pipeline.storage``); everything of the experiment lives there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,9 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..backbones import UnknownBackboneError, list_presets
 from ..config import ConfigError, compose_config, flatten, group_dir, saved_config
 from ..data import PairIndex
-from ..files import atomic_write_text
+from ..storage import Location, location
 from ..studies import dashboard_command, study_journal, study_name
 from ..trainer import Trainer, load_index
+from .lease import ExperimentBusyError, experiment_lease
 from .runner import SearchInterrupted, SearchOptions, Trainable, place_trials, run_search, start_ray
 from .space import SearchSpace, load_search_space, space_from_dict
 from .trainable import train_trial
@@ -38,10 +41,6 @@ __all__ = ["MODES", "ExperimentBusyError", "SearchRequest", "check_experiment_na
            "experiment_lock", "failed_search", "format_summary", "prepare", "run_experiment"]
 
 MODES = ("bild", "plain", "both", "bild-train")
-
-
-class ExperimentBusyError(ConfigError):
-    """Another live search holds this experiment; the message names it."""
 
 
 @dataclass
@@ -124,14 +123,19 @@ def check_experiment_name(name: str) -> None:
                         "(not '.' or '..')")
 
 
-def experiment_folder(storage: str, name: str) -> Path:
-    """``storage/name``, resolved, refused unless it lies directly inside ``storage`` (a symlink may not lead out)."""
-    root = Path(storage).resolve()
-    folder = (root / name).resolve()
-    if folder.parent != root:
+def experiment_folder(storage: str, name: str) -> Location:
+    """``storage/name``, resolved, refused unless it lies directly inside ``storage`` (a symlink may not lead out).
+
+    On object storage there are no links: the name alone (``check_experiment_name``) keeps it inside.
+    """
+    root = location(storage, "--storage")
+    if not root.is_local:
+        return root / name
+    folder = (root.local / name).resolve()
+    if folder.parent != root.local:
         _fail("--name", f"{Path(storage) / name} leads to {folder}, outside --storage {root}; expected a folder "
                         "inside it (remove the link or choose another --name)")
-    return folder
+    return location(folder)
 
 
 def _experiment_name(req: SearchRequest) -> str:
@@ -139,11 +143,11 @@ def _experiment_name(req: SearchRequest) -> str:
     if req.name:
         check_experiment_name(req.name)
         return req.name
-    if req.resume:
-        earlier = sorted(Path(req.storage).glob(f"{prefix}-*"), key=lambda p: p.stat().st_mtime)
+    if req.resume:  # the names end in their start time, so the last in order is the newest
+        earlier = sorted(c.name for c in location(req.storage, "--storage").children() if c.name.startswith(f"{prefix}-"))
         if not earlier:
             _fail("--resume", f"no earlier experiment {prefix}-* under {req.storage}; pass --name")
-        return earlier[-1].name
+        return earlier[-1]
     return f"{prefix}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -155,7 +159,7 @@ def _new_experiment(req: SearchRequest, name: str) -> tuple[DictConfig, SearchSp
     OmegaConf.set_struct(cfg, True)
     opts = SearchOptions(
         name=name,
-        storage=str(Path(req.storage).resolve()),
+        storage=str(location(req.storage, "--storage")),
         modes={"both": ("bild", "plain")}.get(req.mode or "bild", (req.mode or "bild",)),
         trials=req.trials or space.trials,
         epochs=cfg.train.epochs,
@@ -169,9 +173,9 @@ def _new_experiment(req: SearchRequest, name: str) -> tuple[DictConfig, SearchSp
     return cfg, space, opts
 
 
-def _saved_experiment(folder: Path) -> tuple[DictConfig, SearchSpace, SearchOptions]:
+def _saved_experiment(folder: Location) -> tuple[DictConfig, SearchSpace, SearchOptions]:
     """An earlier experiment resumes with its own config, space and options."""
-    cfg = saved_config(OmegaConf.load(folder / "config.yaml"))
+    cfg = saved_config(OmegaConf.create((folder / "config.yaml").read_text()))
     space = space_from_dict(OmegaConf.to_container(cfg.search_space), str(folder / "config.yaml"))
     try:
         saved = json.loads((folder / "search.json").read_text())
@@ -212,7 +216,7 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairIndex, Sea
     _check_numbers(req)
     name = _experiment_name(req)
     folder = experiment_folder(req.storage, name)
-    if (folder / "search.json").exists():
+    if (folder / "search.json").is_file():
         cfg, space, opts = _saved_experiment(folder)
         _check_resume_matches(req, cfg, opts)
     elif req.resume:
@@ -231,8 +235,13 @@ def prepare(req: SearchRequest) -> tuple[DictConfig, SearchSpace, PairIndex, Sea
     return cfg, space, index, opts
 
 
+def experiment_lock(folder: Location) -> contextlib.AbstractContextManager[None]:
+    """One writer per experiment: an ``flock`` on a local folder, a lease object on object storage."""
+    return _flock(folder.local) if folder.is_local else experiment_lease(folder)
+
+
 @contextlib.contextmanager
-def experiment_lock(folder: Path) -> Iterator[None]:
+def _flock(folder: Path) -> Iterator[None]:
     """Hold ``folder/.search.lock`` for the search: one writer per experiment.
 
     An ``flock`` is released by the kernel when its holder dies, however it dies, so a killed
@@ -289,10 +298,10 @@ def run_experiment(req: SearchRequest, trainable: Trainable = train_trial) -> di
                        "optuna": optuna_info, "placement": placement.describe()}
         except SearchInterrupted as err:
             raise SearchInterrupted(f"{err}; continue with: python -m pipeline.search --name {opts.name} "
-                                    f"--storage {opts.storage}") from None
+                                    f"--storage {shlex.quote(opts.storage)}") from None
         finally:
             ray.shutdown()  # disconnects from a cluster; stops the local Ray this search started
-    atomic_write_text(opts.experiment_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    (opts.experiment_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -327,6 +336,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         ]
     lines += [f"results (Parquet): {summary['results']}",
               f"Optuna studies {', '.join(summary['optuna']['studies'])}: {summary['optuna']['dashboard_command']}",
-              f"next: python -m pipeline.analyze {summary['experiment_dir']}  |  "
-              f"python -m pipeline.promote {summary['experiment_dir']}"]
+              f"next: python -m pipeline.analyze {shlex.quote(summary['experiment_dir'])}  |  "
+              f"python -m pipeline.promote {shlex.quote(summary['experiment_dir'])}"]
     return "\n".join(lines)

@@ -35,7 +35,7 @@ from ray.tune import Callback
 
 from ..config import ConfigError
 from ..files import atomic_write
-from ..results import FINISHED, read_rows, results_dir
+from ..results import FINISHED, epoch_rows, read_rows, results_dir
 from ..studies import study_journal, study_name, study_storage
 from .space import SearchSpace
 
@@ -171,7 +171,7 @@ def _rebuild(experiment_dir: Path, experiment: str, modes: tuple[str, ...], spac
              rows: list[dict[str, Any]]) -> None:
     """Write a new journal holding one study per mode with the Parquet table's trials, in Ray's order."""
     path = study_journal(experiment_dir)
-    epochs = [r for folder in sorted((results_dir(experiment_dir) / "epochs").glob("*")) for r in read_rows(folder)]
+    epochs = epoch_rows(experiment_dir)  # each row once, compacted or not
     trials = {mode: [_rebuilt_trial(r, epochs, space, mode, path)
                      for r in sorted((r for r in rows if r["mode"] == mode), key=lambda r: _ray_order(r["trial_id"]))]
               for mode in modes}  # every value checked before the journal is touched

@@ -2,13 +2,14 @@
 TPE through Ray Tune's OptunaSearch, ASHA, per-trial resources, the shared dataset index, Parquet
 results, and resumption of an interrupted experiment.
 
-Experiment folder (``<storage>/<name>/``):
+Experiment folder (``<storage>/<name>/``, on a local disk or in an object store, see pipeline/storage.py):
 
     config.yaml        the resolved Hydra config (backbone, dataset, search space, training)
     search.json        the search options (trials, concurrency, resources, modes)
     results/           the Parquet tables (pipeline/results.py)
     optuna/journal.log the Optuna studies, one per mode (``<name>-<mode>``): optuna.load_study and
-                       optuna-dashboard read them (pipeline/studies.py)
+                       optuna-dashboard read them (pipeline/studies.py; on object storage a copy of
+                       the driver's local journal, uploaded after every trial result)
     tune-bild/         Ray Tune's experiment for the bild trials (trial folders, checkpoints)
     tune-plain/        ... and for plain trials with ``--mode both``
 """
@@ -43,17 +44,18 @@ from optuna.trial import TrialState
 
 from ..config import ConfigError
 from ..data import PairIndex
-from ..files import DiskFullError, atomic_write_text
+from ..files import DiskFullError
 from ..results import FINISHED, HYPERPARAM_KEYS, read_rows, results_dir
-from ..studies import study_name, study_storage
-from .callback import ParquetResultsCallback
+from ..storage import Location, location
+from ..studies import pull_study, push_study, study_name, study_storage
+from .callback import ParquetResultsCallback, StudyUploadCallback
 from .journal import JournalBackupCallback, create_study, recover_journal
 from .space import SearchSpace, make_sampler
 from .state import StateBackupCallback, restore_state_backup
 from .trainable import train_trial, trial_dirname
 
-__all__ = ["DEFAULT_CPU_CONCURRENCY", "Placement", "SearchInterrupted", "SearchOptions", "Trainable", "check_resources",
-           "place_trials", "start_ray", "run_search"]
+__all__ = ["DEFAULT_CPU_CONCURRENCY", "Placement", "SearchInterrupted", "SearchOptions", "Trainable",
+           "check_dataset_visible", "check_resources", "place_trials", "start_ray", "run_search"]
 
 # What each trial runs: ``train_trial``'s signature (config, *, mode, base_cfg, space, index, trials_dir, settled).
 Trainable = Callable[..., None]
@@ -81,8 +83,8 @@ class SearchOptions:
     grace_period: int = 1
 
     @property
-    def experiment_dir(self) -> Path:
-        return Path(self.storage).resolve() / self.name
+    def experiment_dir(self) -> Location:
+        return location(self.storage, "--storage") / self.name
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -243,6 +245,34 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
                               f"(the largest has {largest:g}); every trial would wait forever")
 
 
+def _sees(paths: list[str]) -> bool:
+    return all(os.path.isfile(p) for p in paths)
+
+
+def check_dataset_visible(index: PairIndex, cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Refuse, naming the node, a cluster node that would run trials but cannot read the dataset.
+
+    Data stays a path (NFS, or the same copy at the same path on every node); only results,
+    checkpoints and studies go to ``--storage``. One tiny task per node that could run a
+    trial checks that the first pair's files are there, before any trial starts.
+    """
+    if not len(index):
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    paths = [str(index.hazy_path(0)), str(index.clear_path(0))]
+    probe = ray.remote(num_cpus=0)(_sees)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= cpus_per_trial
+             and n["Resources"].get("GPU", 0) >= gpus_per_trial]
+    answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                       .remote(paths) for n in nodes])
+    blind = [n for n, sees in zip(nodes, answers) if not sees]
+    if blind:
+        names = ", ".join(f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})" for n in blind)
+        raise ConfigError(f"dataset root {index.root}: node {names} cannot read {paths[0]}; the data must be a path "
+                          "every node reads (NFS, or the same copy at the same path on each node)")
+
+
 class _OneLineTrialFailures(logging.Filter):
     """Ray Tune logs a failed trial with its whole traceback; say it in one line (the trial's error file keeps it all).
 
@@ -323,7 +353,8 @@ def _searcher(mode: str, space: SearchSpace, opts: SearchOptions) -> OptunaSearc
         study_name=name,
         storage=storage,
     )
-    searcher.experiment_dir = opts.experiment_dir  # where restore() finds the journal again
+    # Where restore() finds the journal again: on object storage, in this machine's cache (a resume may run elsewhere).
+    searcher.experiment_dir = str(opts.experiment_dir)
     return searcher
 
 
@@ -335,7 +366,7 @@ def _fail_lost_study_trials(mode: str, grid: tune.ResultGrid, opts: SearchOption
     the results callback moves their Parquet rows to ``orphaned/``, and here the study closes
     them, so nothing stays RUNNING forever. Trials that Ctrl-C left unfinished are in ``grid``.
     """
-    known = {Path(r.path).name for r in grid}
+    known = {Path(r.path).name for r in grid}  # Ray's path: a local path or bucket/key, both end in the trial folder
     study = optuna.load_study(study_name=study_name(opts.name, mode), storage=study_storage(opts.experiment_dir))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial_dirname(trial.user_attrs.get("trial_id", "")) not in known:
@@ -357,13 +388,23 @@ def _trainable(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.Ob
     return tune.with_resources(with_data, {"cpu": opts.cpus_per_trial, "gpu": placement.gpus_per_trial})
 
 
+def _state_callbacks(path: Location) -> list[tune.Callback]:
+    """The last-good copy of Tune's state, on a local disk only: an object is written whole by one PUT."""
+    if not path.is_local:
+        return []
+    restore_state_backup(path.local)
+    return [StateBackupCallback(path.local)]
+
+
 def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.ObjectRef, opts: SearchOptions,
            placement: Placement, fn: Trainable) -> tune.Tuner:
     trainable = _trainable(mode, cfg, space, index_ref, opts, placement, fn)
     path = opts.experiment_dir / f"tune-{mode}"
-    restore_state_backup(path)
-    if tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    state_callbacks = _state_callbacks(path)
+    fs = None if path.is_local else path.fs  # Ray Tune's own storage_filesystem support for URIs
+    if tune.Tuner.can_restore(path.path, storage_filesystem=fs):
+        return tune.Tuner.restore(path.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=fs)
     identity = {
         "experiment": opts.name,
         "backbone": cfg.backbone.name,
@@ -385,10 +426,14 @@ def _tuner(mode: str, cfg: DictConfig, space: SearchSpace, index_ref: ray.Object
         ),
         run_config=tune.RunConfig(
             name=f"tune-{mode}",
-            storage_path=str(opts.experiment_dir),
+            storage_path=opts.experiment_dir.path,
+            storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            callbacks=[ParquetResultsCallback(opts.experiment_dir, identity, mode, opts.epochs, space.metric),
-                       StateBackupCallback(path), JournalBackupCallback(opts.experiment_dir)],
+            # The study's copy goes up before the results are written, as a local journal is written first:
+            # a killed driver never leaves a trial finished in the results but running in the study.
+            callbacks=[StudyUploadCallback(opts.experiment_dir),
+                       ParquetResultsCallback(opts.experiment_dir, identity, mode, opts.epochs, space.metric),
+                       *state_callbacks, JournalBackupCallback(opts.experiment_dir)],
             verbose=1,
         ),
     )
@@ -442,7 +487,8 @@ def _fit(tuner: tune.Tuner, opts: SearchOptions) -> tune.ResultGrid:
 
 def _check_disk(mode: str, opts: SearchOptions) -> None:
     """Trials that failed because the disk was full are not failures of their settings: stop, to resume later."""
-    if any(r["status"] == "ERROR" and "No space left on device" in (r["error"] or "") for r in _trial_rows(opts, mode)):
+    # The trial's error says it as the OS does ("No space left on device") or as pipeline.files does.
+    if any(r["status"] == "ERROR" and "no space left" in (r["error"] or "").lower() for r in _trial_rows(opts, mode)):
         raise DiskFullError(errno.ENOSPC, f"no space left on the device holding {opts.experiment_dir}: the {mode} "
                                           "trials could not save; free some and run the same command again to resume")
 
@@ -461,9 +507,11 @@ def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: Sear
     runs (``train_trial`` unless a caller wraps it).
     """
     exp = opts.experiment_dir
-    atomic_write_text(exp / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_text(exp / "search.json", json.dumps(asdict(opts), indent=2))  # as asked: a resume places anew
+    (exp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (exp / "search.json").write_text(json.dumps(asdict(opts), indent=2))  # as asked: a resume places anew
+    pull_study(exp)  # on object storage: the uploaded journal, when newer than this machine's copy
     recover_journal(exp, opts.name, opts.modes, space)
+    check_dataset_visible(index, opts.cpus_per_trial, placement.gpus_per_trial)
     # The index (names, pairing, sizes; no pixels) goes into the object store once; trials on a
     # node map that one copy zero-copy and read the pixels themselves.
     index_ref = ray.put(index)
@@ -475,6 +523,7 @@ def run_search(cfg: DictConfig, space: SearchSpace, index: PairIndex, opts: Sear
         for mode in opts.modes:  # --mode both stops as a whole: an interrupted half ends the search
             grid = _fit(_tuner(mode, cfg, space, index_ref, opts, placement, trainable), opts)
             _fail_lost_study_trials(mode, grid, opts)
+            push_study(opts.experiment_dir)
             _check_disk(mode, opts)
             if _interrupted(mode, opts):
                 raise SearchInterrupted(f"the {mode} trials did not all finish")

@@ -9,9 +9,8 @@ per epoch so that ASHA can stop it and Optuna can learn from it.
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -24,7 +23,7 @@ from ..checkpoints import CheckpointError, load_checkpoint
 from ..data import PairIndex
 from ..evaluation.inference import set_threads
 from ..hardware import flush_denormals, hide_cuda
-from ..files import atomic_write_text
+from ..storage import Location, location
 from ..trainer import Trainer
 from .space import SearchSpace, apply_params
 
@@ -76,11 +75,20 @@ def _index_is_shared(index: PairIndex) -> bool:
     return not index.sizes.flags.writeable
 
 
-def _newest_complete_checkpoint(trial_dir: Path) -> tuple[tuple[Path, dict[str, Any]] | None, list[str]]:
+_CHECKPOINT_DIR = re.compile(r"checkpoint_\d+")
+
+
+def _checkpoint_files(trial_dir: Location, name: str) -> list[Location]:
+    """The trial's ``checkpoint_*/<name>`` files, oldest first (one listing, on disk or in a bucket)."""
+    return [f for f in trial_dir.files() if f.name == name and _CHECKPOINT_DIR.fullmatch(f.parent.name)
+            and f.parent.parent == trial_dir]
+
+
+def _newest_complete_checkpoint(trial_dir: Location) -> tuple[tuple[Location, dict[str, Any]] | None, list[str]]:
     """The newest checkpoint in the trial's folder that reads whole (a crash can cut the newest short),
     and why each newer one was skipped."""
     skipped = []
-    for path in sorted(trial_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True):
+    for path in reversed(_checkpoint_files(trial_dir, CHECKPOINT_FILE)):
         try:
             return (path, load_checkpoint(path)), skipped
         except (CheckpointError, FileNotFoundError) as err:
@@ -88,7 +96,7 @@ def _newest_complete_checkpoint(trial_dir: Path) -> tuple[tuple[Path, dict[str, 
     return None, skipped
 
 
-def _resume_note(newest: tuple[Path, dict[str, Any]] | None, skipped: list[str]) -> str | None:
+def _resume_note(newest: tuple[Location, dict[str, Any]] | None, skipped: list[str]) -> str | None:
     """What a restarted trial went on from, naming every damaged checkpoint it passed over; None for a fresh trial."""
     if newest is None and not skipped:
         return None
@@ -97,26 +105,26 @@ def _resume_note(newest: tuple[Path, dict[str, Any]] | None, skipped: list[str])
     return "; ".join([*(f"skipped damaged checkpoint: {reason}" for reason in skipped), start])
 
 
-def _save_epoch(trainer: Trainer, trial_dir: Path, metrics: dict[str, Any], metric: str) -> Path:
+def _save_epoch(trainer: Trainer, trial_dir: Location, metrics: dict[str, Any], metric: str) -> Location:
     """Checkpoint the epoch into the trial folder, then keep only the newest and the best checkpoints.
 
-    The trainable writes its checkpoints itself, atomically, instead of handing them to Ray
-    Tune to copy: a file copied when the disk fills up is left cut short, and a killed
-    driver's saved state can predate the newest one. The trial folder is the record.
+    The trainable writes its checkpoints itself, whole or not at all (a rename on disk, one PUT
+    in a bucket), instead of handing them to Ray Tune to copy: a file copied when the disk fills
+    up is left cut short, and a killed driver's saved state can predate the newest one. The
+    trial folder is the record, wherever the trial runs.
     """
     folder = trial_dir / checkpoint_dirname(trainer.epoch)
     trainer.save(folder / CHECKPOINT_FILE, metrics=metrics)
-    atomic_write_text(folder / SCORE_FILE, json.dumps({metric: metrics[metric]}))
+    (folder / SCORE_FILE).write_text(json.dumps({metric: metrics[metric]}))
     scores = {}
-    for saved in trial_dir.glob(f"checkpoint_*/{SCORE_FILE}"):
+    for saved in _checkpoint_files(trial_dir, SCORE_FILE):
         try:
             scores[saved.parent] = json.loads(saved.read_text())[metric]
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, FileNotFoundError):
             continue  # cut short: never the best
     keep = {folder, max(scores, key=scores.get)}
-    for old in trial_dir.glob("checkpoint_*"):
-        if old not in keep:
-            shutil.rmtree(old, ignore_errors=True)
+    for old in {f.parent for f in trial_dir.files() if _CHECKPOINT_DIR.fullmatch(f.parent.name)} - keep:
+        old.delete()
     return folder / CHECKPOINT_FILE
 
 
@@ -129,7 +137,8 @@ def train_trial(
     ``index`` (the dataset's names, pairing and sizes) arrives through ``tune.with_parameters``
     from the driver's single ``ray.put``: a zero-copy, read-only view of the one copy in this
     node's object store; the trial reads the pixels itself. ``trials_dir`` is
-    the shared folder holding the trial folders (``tune-<mode>/``): a trial resumes from the
+    the folder (a path every node sees, or a storage URI) holding the trial folders
+    (``tune-<mode>/``): a trial resumes from the
     newest complete checkpoint in its own, and first reports that checkpoint's epoch again, marked
     ``resumed``: the records skip it when they have it, and take it when the driver died with
     the report in flight (so a trial whose last epoch was saved, then lost, still ends with a
@@ -154,7 +163,7 @@ def train_trial(
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1)) or 1
     set_threads(None, cpus=cpus)
     trainer = Trainer(cfg, index)
-    trial_dir = Path(trials_dir) / trial_dirname(ctx.get_trial_id())
+    trial_dir = location(trials_dir) / trial_dirname(ctx.get_trial_id())
     newest, skipped = _newest_complete_checkpoint(trial_dir)
     # Every report of this run carries the note, so the records get it whether or not the resumed report is taken.
     resumed_from = _resume_note(newest, skipped)
@@ -180,7 +189,7 @@ def train_trial(
         trainer.close()
 
 
-def _run_epochs(trainer: Trainer, trial_dir: Path, context: dict[str, Any], metric: str) -> None:
+def _run_epochs(trainer: Trainer, trial_dir: Location, context: dict[str, Any], metric: str) -> None:
     while trainer.epoch < trainer.cfg.train.epochs:
         try:
             metrics = trainer.train_epoch()
