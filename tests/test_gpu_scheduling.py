@@ -33,17 +33,23 @@ TINY = ["--backbone", "aodnet", "--preset", "tiny", "train.steps_per_epoch=2", "
 # A driver that starts a private Ray with two fake GPUs, prints its address, and holds it until stdin closes.
 _FAKE_GPU_HEAD = """
 import sys, ray
-ctx = ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+ctx = ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
 print(ctx.address_info["gcs_address"], flush=True)
 sys.stdin.read()
 ray.shutdown()
 """
 
 
+def _clean_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH") if k in os.environ}
+
+
 @pytest.fixture
 def fake_gpu_cluster():
     # Without token authentication: the token of a cluster that ray.init starts stays in its own process.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # A clean environment: what earlier searches in this process left in os.environ (Ray's own
+    # variables, CUDA_VISIBLE_DEVICES) must not reach the new cluster's workers.
+    env = {**_clean_env(), "RAY_AUTH_MODE": "disabled"}
     head = subprocess.Popen([sys.executable, "-c", _FAKE_GPU_HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=env)
     try:
@@ -76,27 +82,47 @@ def _seen(exp: Path) -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) for f in sorted(exp.glob("seen-*.json"))]
 
 
+# A driver of its own, as a user's command is: this test process has already run other
+# searches on private Rays, and joining a second cluster from it is not what a user does.
+_DRIVER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_gpu_scheduling import recording_trial
+from pipeline.search import search
+summary = search(sys.argv[2:], trainable=recording_trial)
+print("SUMMARY " + json.dumps({"experiment_dir": summary["experiment_dir"]}))
+"""
+
+
+def _search_in_a_fresh_driver(argv: list[str]) -> tuple[Path, str]:
+    """(experiment folder, the driver's stdout) of ``search(argv)`` with the recording trial, in a new process."""
+    done = subprocess.run([sys.executable, "-c", _DRIVER, str(Path(__file__).parent), *argv], capture_output=True,
+                          text=True, timeout=300, env=_clean_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("SUMMARY "))
+    return Path(json.loads(line.removeprefix("SUMMARY "))["experiment_dir"]), done.stdout
+
+
 def test_auto_gives_each_trial_a_gpu_and_a_trial_without_cuda_fails_in_one_line(
-        fake_gpu_cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = search([*TINY, "--storage", str(tmp_path), "--name", "gpus", "--trials", "2",
-                      "--address", fake_gpu_cluster], trainable=recording_trial)
-    out = capsys.readouterr().out
+        fake_gpu_cluster: str, tmp_path: Path) -> None:
+    exp, out = _search_in_a_fresh_driver([*TINY, "--storage", str(tmp_path), "--name", "gpus", "--trials", "2",
+                                          "--address", fake_gpu_cluster])
     assert "trials on GPU, 1 GPU each, 2 at once" in out
-    seen = _seen(Path(summary["experiment_dir"]))
+    seen = _seen(exp)
     assert len(seen) == 2 and all(s["gpus"] == 1.0 and len(s["gpu_ids"]) == 1 for s in seen)
     assert {s["gpu_ids"][0] for s in seen} <= {"0", "1"}
-    trials = read_table([Path(summary["experiment_dir"])], "trials")
+    trials = read_table([exp], "trials")
     assert trials["status"].to_list() == ["ERROR", "ERROR"]
     error = trials["error"][0]
     assert "torch sees no CUDA device" in error and "--gpus-per-trial 0" in error and "\n" not in error.strip()
 
 
-def test_trials_per_gpu_packs_trials_on_one_gpu(fake_gpu_cluster: str, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    summary = search([*TINY, "--storage", str(tmp_path), "--name", "packed", "--trials", "2", "--trials-per-gpu", "2",
-                      "--cpus-per-trial", "0.5", "--address", fake_gpu_cluster], trainable=recording_trial)
-    assert "trials on GPU, 0.5 GPU each, 4 at once" in capsys.readouterr().out
-    seen = _seen(Path(summary["experiment_dir"]))
+def test_trials_per_gpu_packs_trials_on_one_gpu(fake_gpu_cluster: str, tmp_path: Path) -> None:
+    exp, out = _search_in_a_fresh_driver([*TINY, "--storage", str(tmp_path), "--name", "packed", "--trials", "2",
+                                          "--trials-per-gpu", "2", "--cpus-per-trial", "0.5", "--address",
+                                          fake_gpu_cluster])
+    assert "trials on GPU, 0.5 GPU each, 4 at once" in out
+    seen = _seen(exp)
     assert len(seen) == 2 and all(s["gpus"] == 0.5 and s["gpu_ids"] for s in seen)
 
 
