@@ -386,8 +386,9 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     if precond is not None:  # d_i = < P g_v , grad l_i >: every estimator moves along P g_v
         grad_val = {k: precond[k] * g for k, g in grad_val.items()}
     clock.lap("val_grad")
-    if not all(torch.isfinite(g).all() for g in grad_val.values()):
-        # fp16 overflowed: skip this step's outer update, as the scaler skips an inner one.
+    if nets.scaler is not None and not all(torch.isfinite(g).all() for g in grad_val.values()):
+        # fp16 overflowed: skip this step's outer update, as the scaler skips an inner one. Checked under
+        # fp16 only: each test is a device sync, and fp32/bf16 losses were already checked finite.
         loss, crop_loss = inner_stats.tolist()
         return StepStats(loss=loss, crop_loss=crop_loss, val_loss=val_loss.item(), times=clock.times, estimator="none")
 
