@@ -347,6 +347,10 @@ def protocol_gap(curve: pl.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def curve_markdown(images: pl.DataFrame, curve: pl.DataFrame) -> str:
     """The curve's sections of OUT.md: lever - plain every K steps, at the selected point, and the protocol gap."""
     means = _split_means(curve)
@@ -357,7 +361,7 @@ def curve_markdown(images: pl.DataFrame, curve: pl.DataFrame) -> str:
                                             d_ssim=(pl.col("test_ssim") - pl.col("ssim_0")).mean(),
                                             plain=pl.col("psnr_0").mean()))
     lines = ["## Lever - plain on the test images over training (mean over seeds: PSNR dB / SSIM)", "",
-             "| step | plain PSNR | " + " | ".join(levers) + " |", "|" + "---|" * (len(levers) + 2)]
+             _row(["step", "plain PSNR", *levers]), "|" + "---|" * (len(levers) + 2)]
     for step in sorted(diffs["step"].unique().to_list()):
         at = diffs.filter(pl.col("step") == step)
         cells = []
@@ -365,7 +369,7 @@ def curve_markdown(images: pl.DataFrame, curve: pl.DataFrame) -> str:
             row = at.filter(pl.col("lever") == lv)
             cells.append("-" if row.is_empty() else f"{row['d_psnr'][0]:+.3f} / {row['d_ssim'][0]:+.4f}")
         plain = at["plain"][0] if not at.is_empty() else float("nan")
-        lines.append(f"| {step} | {_fmt(plain, '.2f')} | " + " | ".join(cells) + " |")
+        lines.append(_row([str(step), _fmt(plain, ".2f"), *cells]))
     selected = paired_summary(images_at_selection(images, curve))
     lines += ["", markdown(selected, {}, "At each run's best point on the selection set (the project's protocol)").rstrip(),
               "", "## The protocol gap: best test PSNR over the evaluations - test PSNR at the selected step", "",

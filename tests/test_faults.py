@@ -18,6 +18,8 @@ import polars as pl
 import pytest
 import ray
 
+from raynodes import ray_nodes
+
 from pipeline.results import read_table
 from pipeline.search import main, search
 
@@ -146,16 +148,14 @@ def test_a_foreign_ray_cluster_is_never_joined_without_address(tmp_path: Path) -
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True)
-    try:
+    with ray_nodes() as start:
+        start("ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+              "--disable-usage-stats")
         out = subprocess.run([sys.executable, "-m", "pipeline.search",
                               *_argv(tmp_path, "private", "--trials", "1", "--epochs", "1")],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "started a private local Ray" in out.stdout and f":{port}" not in out.stdout.split("Ray:")[1].split("\n")[0]
-    finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "started a private local Ray" in out.stdout and f":{port}" not in out.stdout.split("Ray:")[1].split("\n")[0]
 
 
 def test_resources_no_node_has_fail_before_any_trial(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

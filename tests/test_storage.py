@@ -24,6 +24,7 @@ import polars as pl
 import pytest
 import ray
 
+from raynodes import ray_nodes
 from s3server import S3_ENV, S3Server, free_port, moto_s3, s3_environ
 
 from benchmarks.results_compaction import analyze_json, compact_all, synthetic_results
@@ -334,18 +335,15 @@ def test_a_two_node_cluster_without_a_shared_disk_puts_every_checkpoint_in_the_b
     # Each node's workers need the credentials, as in a real cluster; every node and the driver (a command
     # of its own, as a user runs it) use the cluster's token.
     env = {**s3_environ(), "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token", "BILD_CACHE": str(cache)}
-    subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common], check=True,
-                   capture_output=True, env=env)
-    try:
-        subprocess.run(["ray", "start", f"--address={address}", *common], check=True, capture_output=True, env=env)
+    with ray_nodes() as start:
+        start("ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common, env=env)
+        start("ray", "start", f"--address={address}", *common, env=env)
         runs = s3.uri("runs")
         done = subprocess.run([sys.executable, "-m", "pipeline.search", *TINY, "--storage", runs, "--name", "cluster",
                                "--address", address, "--trials", "2", "--epochs", "2", "--concurrency", "2",
                                "--cpus-per-trial", "1", "train.steps_per_epoch=15"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     exp = str(location(runs) / "cluster")
     epochs, trials = read_table([exp], "epochs"), read_table([exp], "trials")
     assert epochs["node"].n_unique() == 2, "trials should have run on both nodes"
@@ -369,26 +367,24 @@ def test_a_node_that_cannot_read_the_dataset_is_named_before_any_trial(tmp_path:
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # as in the two-node test above
-    subprocess.run(["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common], check=True,
-                   capture_output=True, env=env)
-    try:
+    with ray_nodes() as start:
+        start("ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common, env=env)
         # The second node sees an empty folder where the dataset is: its own disk, as on another machine.
-        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                        f"mount -t tmpfs tmpfs {data} && ray start --address={address} {' '.join(common)} "
-                        "--resources='{\"blind\": 1}'"],
-                       check=True, capture_output=True, env=env)
-        ray.init(address=address, log_to_driver=False)
-        deadline = time.time() + 60
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-            assert time.time() < deadline, "the second node never joined"
-            time.sleep(0.5)
-        blind = next(n for n in ray.nodes() if n["Alive"] and "blind" in n["Resources"])
-        named = rf"dataset root .*: node {re.escape(blind['NodeManagerAddress'])} \(node {blind['NodeID'][:8]}\) cannot read"
-        with pytest.raises(ConfigError, match=named):
-            check_dataset_visible(load_dataset("generic", str(data)), cpus_per_trial=1, gpus_per_trial=0)
-    finally:
-        ray.shutdown()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        start("unshare", "--mount", "--propagation", "private", "sh", "-c",
+              f"mount -t tmpfs tmpfs {data} && ray start --address={address} {' '.join(common)} "
+              "--resources='{\"blind\": 1}'", env=env)
+        try:
+            ray.init(address=address, log_to_driver=False)
+            deadline = time.time() + 60
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                assert time.time() < deadline, "the second node never joined"
+                time.sleep(0.5)
+            blind = next(n for n in ray.nodes() if n["Alive"] and "blind" in n["Resources"])
+            named = rf"dataset root .*: node {re.escape(blind['NodeManagerAddress'])} \(node {blind['NodeID'][:8]}\) cannot read"
+            with pytest.raises(ConfigError, match=named):
+                check_dataset_visible(load_dataset("generic", str(data)), cpus_per_trial=1, gpus_per_trial=0)
+        finally:
+            ray.shutdown()  # the driver leaves before its nodes stop
 
 
 def test_train_writes_to_a_bucket_and_resumes_from_it(s3: S3Server, cache: Path, tmp_path: Path,
