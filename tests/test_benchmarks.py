@@ -153,3 +153,25 @@ def test_bild_vs_plain_eval_every_gives_a_curve_with_a_point_every_k_steps(tmp_p
     # The reference code's reweighter barely moves; the per-crop reward's does.
     shift = dict(images.group_by("lever").agg(pl.col("policy_shift").first()).iter_rows())
     assert shift["reference-code"] < 1e-6 < shift["mix-0.5+adam"] and shift["plain"] is None
+
+
+def test_the_protocol_gap_and_the_test_set_protocols_gain_match_a_hand_computed_curve() -> None:
+    import polars as pl
+
+    from benchmarks.bild_vs_plain import protocol_gap
+
+    # Test PSNR per (lever, seed) at steps 1-3, and the step the selection set peaks at.
+    test = {("plain", 0): [10, 12, 11], ("plain", 1): [10, 10, 14], ("x", 0): [13, 11, 11], ("x", 1): [12, 9, 9]}
+    peak = {("plain", 0): 3, ("plain", 1): 1, ("x", 0): 2, ("x", 1): 1}
+    rows = [{"lever": lever, "seed": seed, "step": step, "split": split, "pair": pair, "ssim": 0.5,
+             "psnr": float(psnrs[step - 1] if split == "test" else 20 + (step == peak[lever, seed]))}
+            for (lever, seed), psnrs in test.items() for step in (1, 2, 3) for split in ("select", "test")
+            for pair in (0, 1)]  # two images scored alike: only the seeds move the intervals
+    gap = {r["lever"]: r for r in protocol_gap(pl.DataFrame(rows))}
+    # plain: selected 11 and 10, best 12 and 14; x: selected 11 and 12, best 13 and 12.
+    assert (gap["plain"]["selected"], gap["plain"]["best"], gap["plain"]["gap"]) == (10.5, 13.0, 2.5)
+    assert (gap["x"]["selected"], gap["x"]["best"], gap["x"]["gap"]) == (11.5, 12.5, 1.0)
+    assert gap["x"]["selected_step"] == 1.5
+    # Each at its best test step, x - plain: +1 on seed 0, -2 on seed 1.
+    assert gap["x"]["vs_plain"] == -0.5 and -2 <= gap["x"]["vs_plain_low"] < gap["x"]["vs_plain_high"] <= 1
+    assert 0 <= gap["x"]["gap_low"] < gap["x"]["gap_high"] <= 2
