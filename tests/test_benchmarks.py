@@ -33,6 +33,10 @@ def test_step_cost_json_rows(flag: list[str], nhwc: bool) -> None:
 BILD_VS_PLAIN = SCRIPT.parent / "bild_vs_plain.py"
 
 
+def _bild_vs_plain(*args: str) -> None:
+    subprocess.run([sys.executable, str(BILD_VS_PLAIN), *args], capture_output=True, text=True, check=True)
+
+
 def test_bild_vs_plain_at_tiny_settings(tmp_path: Path) -> None:
     import polars as pl
 
@@ -40,7 +44,7 @@ def test_bild_vs_plain_at_tiny_settings(tmp_path: Path) -> None:
     args = ["--dataset", "builtin", "--backbone", "aodnet", "--preset", "tiny", "--crop", "32", "--steps", "4",
             "--epochs", "2", "--seeds", "0", "--levers", "bild,mix-0.5+rotation", "--plain-budget", "time",
             "--out", str(out)]
-    subprocess.run([sys.executable, str(BILD_VS_PLAIN), *args], capture_output=True, text=True, check=True)
+    _bild_vs_plain(*args)
     images = pl.read_parquet(out.with_suffix(".parquet"))
     assert set(images["lever"]) == {"plain", "bild", "mix-0.5+rotation"}
     per_lever = images.group_by("lever").agg(pl.len(), pl.col("train_s", "steps").first())
@@ -56,21 +60,18 @@ def test_bild_vs_plain_at_tiny_settings(tmp_path: Path) -> None:
     assert row.split("|")[4].split("[")[0].strip() == f"{diff:+.3f}"
     # --summarize redraws the same table, settings included, from the Parquet file alone.
     out.with_suffix(".md").unlink()
-    subprocess.run([sys.executable, str(BILD_VS_PLAIN), "--summarize", "--out", str(out)], capture_output=True,
-                   text=True, check=True)
+    _bild_vs_plain("--summarize", "--out", str(out))
     assert out.with_suffix(".md").read_text() == table
     # Seeds run later pool with the first run's; a (lever, seed) run twice is refused.
     later = tmp_path / "later"
-    subprocess.run([sys.executable, str(BILD_VS_PLAIN), *args[:-1], str(later), "--seeds", "1"], capture_output=True,
-                   text=True, check=True)
+    _bild_vs_plain(*args[:-1], str(later), "--seeds", "1")
     pooled = tmp_path / "pooled"
-    merge = [sys.executable, str(BILD_VS_PLAIN), "--merge", str(out.with_suffix(".parquet"))]
-    subprocess.run([*merge, str(later.with_suffix(".parquet")), "--out", str(pooled)], capture_output=True, text=True,
-                   check=True)
+    merge = ["--merge", str(out.with_suffix(".parquet"))]
+    _bild_vs_plain(*merge, str(later.with_suffix(".parquet")), "--out", str(pooled))
     assert sorted(pl.read_parquet(pooled.with_suffix(".parquet"))["seed"].unique()) == [0, 1]
     assert "| bild | 2 x " in pooled.with_suffix(".md").read_text() and "seeds 0,1\n" in pooled.with_suffix(".md").read_text()
-    twice = subprocess.run([*merge, str(out.with_suffix(".parquet")), "--out", str(tmp_path / "twice")],
-                           capture_output=True, text=True)
+    twice = subprocess.run([sys.executable, str(BILD_VS_PLAIN), *merge, str(out.with_suffix(".parquet")),
+                            "--out", str(tmp_path / "twice")], capture_output=True, text=True)
     assert twice.returncode != 0 and "seed 0 is in more than one file" in twice.stderr
 
 
@@ -134,7 +135,7 @@ def test_bild_vs_plain_eval_every_gives_a_curve_with_a_point_every_k_steps(tmp_p
     args = ["--dataset", "builtin", "--backbone", "aodnet", "--preset", "tiny", "--crop", "32", "--steps", "6",
             "--epochs", "2", "--seeds", "0", "--levers", "mix-0.5+adam,reference-code", "--eval-every", "2",
             "--out", str(out)]
-    subprocess.run([sys.executable, str(BILD_VS_PLAIN), *args], capture_output=True, text=True, check=True)
+    _bild_vs_plain(*args)
     curve = pl.read_parquet(out.with_suffix(".curve.parquet"))
     images = pl.read_parquet(out.with_suffix(".parquet"))
     for lever in ("plain", "mix-0.5+adam", "reference-code"):

@@ -448,19 +448,30 @@ def _differentiable_adam_step(model, opt, weights, hazy, clear, *, hold_fixed: b
     return old, new, (1 - beta1) / (1 - beta1**t), lr
 
 
+def _through_the_step(model, old, new, weights, val_hazy, val_clear):
+    """(g_v at theta_t keyed by parameter name, dL_v/dw) by autograd through the differentiable step."""
+    val_loss = per_crop_l1(torch.func.functional_call(model, new, (val_hazy,)), val_clear).mean()
+    grad_val = dict(zip(old, torch.autograd.grad(val_loss, list(new.values()), retain_graph=True)))
+    (dl_dw,) = torch.autograd.grad(val_loss, weights)
+    return grad_val, dl_dw
+
+
+def _real_adam_step(model, opt, weights, hazy, clear) -> None:
+    """The optimiser's own step on the same weighted batch, as bild_step takes it."""
+    opt.zero_grad()
+    (weights.detach() * per_crop_l1(model(hazy), clear)).mean().backward()
+    opt.step()
+
+
 def _adam_alignments(warm_steps: int, hold_fixed: bool):
     """(-n / (eta c) dL_v/dw from autograd, d along P g_v by the loop reference, the problem's parts)."""
     model, opt, weights, hazy, clear, val_hazy, val_clear = _adam_problem(warm_steps)
     old, new, momentum, lr = _differentiable_adam_step(model, opt, weights, hazy, clear, hold_fixed=hold_fixed)
-    val_loss = per_crop_l1(torch.func.functional_call(model, new, (val_hazy,)), val_clear).mean()
-    grad_val = dict(zip(old, torch.autograd.grad(val_loss, list(new.values()), retain_graph=True)))
-    (dl_dw,) = torch.autograd.grad(val_loss, weights)
+    grad_val, dl_dw = _through_the_step(model, old, new, weights, val_hazy, val_clear)
     reference = -dl_dw * weights.numel() / (lr * momentum)
     precond = adam_preconditioner(model, opt)
     if precond is None:  # the first step, as bild_step does it: P from the step's own v_1 = (1 - beta_2) g^2
-        opt.zero_grad()
-        (weights.detach() * per_crop_l1(model(hazy), clear)).mean().backward()
-        opt.step()
+        _real_adam_step(model, opt, weights, hazy, clear)
         precond = adam_preconditioner(model, opt)
     direction = {k: precond[k] * g for k, g in grad_val.items()}
     frozen = {k: p.detach() for k, p in old.items()}
@@ -508,12 +519,8 @@ def test_adam_exact_alignment_is_the_exact_derivative_of_the_adam_step(warm_step
     # The reference holds nothing fixed; adam_step_jacobian reads the state after a real step on the same batch.
     model, opt, weights, hazy, clear, val_hazy, val_clear = _adam_problem(warm_steps)
     old, new, momentum, lr = _differentiable_adam_step(model, opt, weights, hazy, clear, hold_fixed=False)
-    val_loss = per_crop_l1(torch.func.functional_call(model, new, (val_hazy,)), val_clear).mean()
-    grad_val = dict(zip(old, torch.autograd.grad(val_loss, list(new.values()), retain_graph=True)))
-    (dl_dw,) = torch.autograd.grad(val_loss, weights)
-    opt.zero_grad()
-    (weights.detach() * per_crop_l1(model(hazy), clear)).mean().backward()
-    opt.step()
+    grad_val, dl_dw = _through_the_step(model, old, new, weights, val_hazy, val_clear)
+    _real_adam_step(model, opt, weights, hazy, clear)
     jacobian = adam_step_jacobian(model, opt)
     direction = {k: jacobian[k] * g for k, g in grad_val.items()}
     frozen = {k: p.detach() for k, p in old.items()}

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import polars as pl
 import pytest
 import ray
 from PIL import Image

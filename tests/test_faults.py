@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 import ray
 
-from raynodes import ray_nodes
+from processes import ray_nodes, search_driver, trials_so_far
 
 from pipeline.results import read_table
 from pipeline.search import main, search
@@ -38,20 +38,6 @@ def _argv(storage: Path, name: str, *extra: str) -> list[str]:
     return [*TINY, "--storage", str(storage), "--name", name, *extra]
 
 
-def _driver(argv: list[str]) -> subprocess.Popen:
-    """``python -m pipeline.search`` as a user runs it, in its own process group like a shell job."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.search", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _trials(exp: Path) -> pl.DataFrame:
-    try:
-        return read_table([exp], "trials")
-    except (FileNotFoundError, ValueError):
-        return pl.DataFrame(schema={"trial_id": pl.String, "status": pl.String, "epochs": pl.Int32})
-
-
 def _wait_for(condition, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -66,7 +52,7 @@ def _epoch_stamps(exp: Path) -> dict[tuple[str, int], object]:
 
 
 def _check_exact(exp: Path, trials: int) -> pl.DataFrame:
-    table = _trials(exp)
+    table = trials_so_far(exp)
     assert table.height == trials, table
     assert table["status"].is_in(FINAL).all(), table.select("trial_id", "status")
     return table
@@ -77,12 +63,12 @@ def test_killed_driver_resumes_exactly(tmp_path: Path, sig: signal.Signals) -> N
     argv = _argv(tmp_path, "killed", "--trials", "4", "--epochs", "3", "--concurrency", "2",
                  "train.steps_per_epoch=12")
     exp = tmp_path / "killed"
-    proc = _driver(argv)
+    proc = search_driver(argv)
     try:
         # Kill once a trial has settled (ASHA's decision or the end) and others are mid-way.
-        _wait_for(lambda: _trials(exp).filter(pl.col("status").is_in(FINAL)).height >= 1
-                  and _trials(exp).filter(pl.col("epochs") >= 1).height >= 2, proc)
-        before = _trials(exp)
+        _wait_for(lambda: trials_so_far(exp).filter(pl.col("status").is_in(FINAL)).height >= 1
+                  and trials_so_far(exp).filter(pl.col("epochs") >= 1).height >= 2, proc)
+        before = trials_so_far(exp)
         stamps = _epoch_stamps(exp)
         os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
@@ -111,9 +97,9 @@ def test_ctrl_c_stops_both_modes_at_once_and_says_so(tmp_path: Path) -> None:
     argv = _argv(tmp_path, "both", "--mode", "both", "--trials", "2", "--epochs", "3", "--concurrency", "1",
                  "train.steps_per_epoch=12")
     exp = tmp_path / "both"
-    proc = _driver(argv)
+    proc = search_driver(argv)
     try:
-        _wait_for(lambda: _trials(exp).filter(pl.col("epochs") >= 1).height >= 1, proc)
+        _wait_for(lambda: trials_so_far(exp).filter(pl.col("epochs") >= 1).height >= 1, proc)
         proc.send_signal(signal.SIGINT)  # one Ctrl-C
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -126,7 +112,7 @@ def test_ctrl_c_stops_both_modes_at_once_and_says_so(tmp_path: Path) -> None:
 
 def test_a_second_search_on_the_same_experiment_stops_at_once(tmp_path: Path) -> None:
     argv = _argv(tmp_path, "busy", "--trials", "2", "--epochs", "2", "train.steps_per_epoch=15")
-    first = _driver(argv)
+    first = search_driver(argv)
     try:
         _wait_for(lambda: (tmp_path / "busy" / ".search.lock").exists()
                   and (tmp_path / "busy" / ".search.lock").read_text().strip() != "", first)

@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 import ray
 
-from raynodes import ray_nodes
+from processes import ray_nodes, search_driver, trials_so_far
 from s3server import S3_ENV, S3Server, free_port, moto_s3, s3_environ
 
 from benchmarks.results_compaction import analyze_json, compact_all, synthetic_results
@@ -246,6 +246,7 @@ def test_a_search_on_s3_keeps_everything_in_the_bucket_then_promotes_and_serves_
 
     trials, epochs = read_table([str(exp)], "trials"), read_table([str(exp)], "epochs")
     assert trials.height == 2 and trials["status"].is_in(["TERMINATED", "STOPPED"]).all()
+    assert set(epochs["trial_id"]) == set(trials["trial_id"]), "the compacted epoch rows hold every trial"
     for path in trials["best_checkpoint_path"]:
         assert path.startswith(f"s3://{s3.bucket}/runs/s3exp/tune-bild/trial_")
         assert path.split("?")[0].removeprefix(f"s3://{s3.bucket}/") in keys
@@ -278,18 +279,6 @@ def test_a_search_on_s3_keeps_everything_in_the_bucket_then_promotes_and_serves_
     assert scoring.evaluate(trials["best_checkpoint_path"][0], "generic", bench).height == 6
 
 
-def _driver(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.search", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _trials(exp: str) -> pl.DataFrame:
-    try:
-        return read_table([exp], "trials")
-    except (FileNotFoundError, ValueError):
-        return pl.DataFrame(schema={"trial_id": pl.String, "status": pl.String, "epochs": pl.Int32})
-
-
 def test_kill_9_then_the_same_command_resumes_from_the_bucket_and_a_second_search_is_refused(
     s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -298,10 +287,10 @@ def test_kill_9_then_the_same_command_resumes_from_the_bucket_and_a_second_searc
     argv = [*TINY, "--storage", runs, "--name", "killed", "--trials", "3", "--epochs", "2", "--concurrency", "1",
             "train.steps_per_epoch=12"]
     env = {**s3_environ(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "BILD_CACHE": str(tmp_path / "first")}
-    proc = _driver(argv, env)
+    proc = search_driver(argv, env)
     try:
         deadline = time.time() + 240
-        while _trials(exp).filter(pl.col("status").is_in(FINAL)).height < 1:
+        while trials_so_far(exp).filter(pl.col("status").is_in(FINAL)).height < 1:
             assert proc.poll() is None, proc.stdout.read()
             assert time.time() < deadline, "no trial finished"
             time.sleep(0.5)

@@ -25,7 +25,6 @@ restores the original's transposed convs and resize: an imported original checkp
 
 from __future__ import annotations
 
-import re
 
 import torch
 import torch.nn as nn

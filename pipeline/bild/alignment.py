@@ -20,6 +20,8 @@ Every estimator takes the direction as given: ``bild.alignment_space: adam`` pas
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.func import functional_call, jvp
@@ -38,6 +40,14 @@ def per_crop_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).abs().flatten(1).mean(1)
 
 
+def _adam_parameters(model: nn.Module, opt: torch.optim.Optimizer) -> Iterator[tuple[str, torch.Tensor, dict, dict]]:
+    """(name, parameter, its Adam state (empty before its first gradient), its param group) per trained parameter."""
+    group_of = {p: g for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            yield name, p, opt.state.get(p, {}), group_of[p]
+
+
 def adam_preconditioner(model: nn.Module, opt: torch.optim.Optimizer) -> Params | None:
     """P = 1 / (sqrt(v_hat) + eps) per parameter, from the Adam second moment ``opt`` holds now; None before its first step.
 
@@ -47,16 +57,11 @@ def adam_preconditioner(model: nn.Module, opt: torch.optim.Optimizer) -> Params 
     """
     if not any("exp_avg_sq" in state for state in opt.state.values()):
         return None
-    group_of = {p: g for g in opt.param_groups for p in g["params"]}
     precond: Params = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        state = opt.state.get(p, {})
+    for name, p, state, group in _adam_parameters(model, opt):
         if "exp_avg_sq" not in state:
             precond[name] = torch.ones_like(p)
             continue
-        group = group_of[p]
         correction = 1 - group["betas"][1] ** float(state["step"])
         precond[name] = 1.0 / ((state["exp_avg_sq"] / correction).sqrt() + group["eps"])
     return precond
@@ -71,16 +76,11 @@ def adam_step_jacobian(model: nn.Module, opt: torch.optim.Optimizer) -> Params:
     the step and the gradient still in ``p.grad``. Nothing is held fixed; where v_hat = 0 the
     gradient is 0 and so is the second term. A parameter without state or gradient gets J = 1.
     """
-    group_of = {p: g for g in opt.param_groups for p in g["params"]}
     jacobian: Params = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        state = opt.state.get(p, {})
+    for name, p, state, group in _adam_parameters(model, opt):
         if "exp_avg_sq" not in state or p.grad is None:
             jacobian[name] = torch.ones_like(p)
             continue
-        group = group_of[p]
         (beta1, beta2), t = group["betas"], float(state["step"])
         second = 1 - beta2**t
         root = (state["exp_avg_sq"] / second).sqrt()

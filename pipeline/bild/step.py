@@ -379,7 +379,8 @@ def bild_step(batch: CropBatch, nets: BildNets, cfg: BildConfig, *, alignment: A
     grad_val = dict(zip(old_params, _gradient(val_loss, params, nets.scaler)))
     if cfg.reward == "batch_wide":  # the reference code's reward: one global dot product, no per-crop alignment
         # p.grad still holds the inner step's gradient (1/n) sum_i w_i grad l_i(theta_{t-1}).
-        reward = sum(float((g * p.grad).sum()) for g, p in zip(grad_val.values(), params) if p.grad is not None)
+        # Summed on the device, then read once: one synchronisation, not one per parameter tensor.
+        reward = float(sum((g * p.grad).sum() for g, p in zip(grad_val.values(), params) if p.grad is not None))
         rewards, align = _batch_wide_outer_step(nets, reward, log_policy)
         clock.lap("outer")
         return _reweighted_stats(inner_stats, val_loss, rewards, align, weights, log_w, clock.times, "none")

@@ -1,4 +1,4 @@
-"""Ray nodes a test starts with ``ray start`` and stops again, leaving every other Ray on the machine alone.
+"""Processes a test starts as a user would: Ray nodes (``ray start``) and search drivers (``python -m pipeline.search``).
 
 ``ray stop`` stops every Ray on the machine: a developer's own, another test run's. Instead each
 ``ray start`` here runs in a process group of its own. The GCS, the raylet and the workers it
@@ -12,8 +12,16 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.results import read_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 STOP_WAIT_S = 15.0
 
@@ -54,3 +62,18 @@ def ray_nodes() -> Iterator[Callable[..., None]]:
         yield start
     finally:
         _stop(groups)
+
+
+def search_driver(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m pipeline.search ARGV`` in its own process group, like a shell job, its output merged and unbuffered."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline.search", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def trials_so_far(experiment: Path | str) -> pl.DataFrame:
+    """The experiment's trials table as it stands, empty (with its key columns) before the first row lands."""
+    try:
+        return read_table([experiment], "trials")
+    except (FileNotFoundError, ValueError):
+        return pl.DataFrame(schema={"trial_id": pl.String, "status": pl.String, "epochs": pl.Int32})
